@@ -1,0 +1,58 @@
+# Everything bootstraps itself: the first target that needs Python builds .venv from scratch.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= local
+RUN ?=
+SEEDS ?= 1
+O ?=
+OVERRIDES := $(foreach o,$(O),-O $(o))
+
+.PHONY: help venv demo test test-fast dry-run submit status resume plan bench clean-cache
+
+help:
+	@echo "make demo                     run preprocess -> teacher -> evaluate on data/sample via submitit's local executor"
+	@echo "make test                     install everything and run the tests"
+	@echo "make dry-run PROFILE=set_01   the profile's chain locally, on a slice"
+	@echo "make submit PROFILE=set_01    submit the chain to SLURM (afterok dependencies)"
+	@echo "make status RUN=runs/...      table of stages: state, job id, elapsed, peak memory"
+	@echo "make resume RUN=runs/...      resubmit only stages that are not done"
+	@echo "make bench                    benchmark table in bench/results/"
+
+venv: $(STAMP)
+
+# pip takes torch==2.13.0 first so that nothing later resolves a newer (CUDA) build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m jobs dry-run --profile local --data-root data $(OVERRIDES)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+dry-run: $(STAMP)
+	$(PY) -m jobs dry-run --profile $(PROFILE) $(OVERRIDES)
+
+submit: $(STAMP)
+	$(PY) -m jobs submit --profile $(PROFILE) --seeds $(SEEDS) $(OVERRIDES)
+
+status: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make status RUN=runs/<profile>/<run_id>"; exit 2; }
+	$(PY) -m jobs status --run $(RUN)
+
+resume: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make resume RUN=runs/<profile>/<run_id>"; exit 2; }
+	$(PY) -m jobs resume --run $(RUN) $(OVERRIDES)
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+clean-cache:
+	find data/cache -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

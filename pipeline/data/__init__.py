@@ -1,0 +1,1 @@
+"""Raw CAN readers, windowing into graphs, the mmap graph cache and batching."""

@@ -1,0 +1,1 @@
+"""Graph neural network models."""

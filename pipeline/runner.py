@@ -1,0 +1,112 @@
+"""Runs one stage inside a run directory: the function every job and `python -m pipeline.cli` call.
+
+It checks that upstream stages are done, skips a stage whose done marker matches its inputs,
+records status (state, host, job id, timings, peak memory, error) and writes the done marker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Profile
+from pipeline.runs import RunDir, stage_fingerprint
+from pipeline.stages import STAGES, chain_needs
+
+
+class StageError(RuntimeError):
+    """A stage could not run; the message names the stage, the reason and the log."""
+
+
+@dataclass
+class StageContext:
+    profile: Profile
+    run: RunDir
+    stage: str
+    dir: Path
+    log: logging.Logger
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """done.json records of the stages this one reads, by name."""
+
+    @property
+    def device(self):
+        from pipeline.device import resolve_device
+
+        return resolve_device(self.profile.device)
+
+
+def upstream_records(run: RunDir, profile: Profile, stage: str) -> dict[str, dict[str, Any]]:
+    records = {}
+    for dep in chain_needs(stage, profile.stages):
+        record = run.done_record(dep)
+        if record is None:
+            raise StageError(f"stage {stage!r} needs {dep!r}, which is not done in {run.path}")
+        records[dep] = record
+    return records
+
+
+def fingerprint_for(run: RunDir, profile: Profile, stage: str) -> str:
+    upstream = {dep: rec.get("result_key", rec["fingerprint"]) for dep, rec in upstream_records(run, profile, stage).items()}
+    return stage_fingerprint(profile, stage, upstream)
+
+
+def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...] = (), force: bool = False) -> dict[str, Any]:
+    """Run ``stage`` in ``run_dir`` unless it is already done with the same inputs."""
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; valid: {sorted(STAGES)}")
+    run = RunDir(run_dir)
+    profile = run.profile(overrides)
+    stage_dir = run.stage_dir(stage)
+    log = _stage_logger(stage, stage_dir / "log")
+    upstream = upstream_records(run, profile, stage)
+    fingerprint = fingerprint_for(run, profile, stage)
+    if not force and run.is_done(stage, fingerprint):
+        log.info("stage %s already done with the same inputs (%s); nothing to do", stage, fingerprint)
+        return run.done_record(stage) or {}
+
+    started = time.time()
+    job_id = os.environ.get("SLURM_JOB_ID")
+    run.write_status(stage, state="running", started=started, ended=None, job_id=job_id, pid=os.getpid(),
+                     error=None, log=str(stage_dir / "log"))
+    ctx = StageContext(profile=profile, run=run, stage=stage, dir=stage_dir, log=log, upstream=upstream)
+    log.info("stage %s starting in %s (job %s)", stage, run.path, job_id or "-")
+    try:
+        summary = STAGES[stage].entry()(ctx) or {}
+    except BaseException as exc:
+        # A preemption/timeout signal is not a failure: submitit requeues the job.
+        state = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+        run.write_status(stage, state=state, ended=time.time(), peak_rss_mb=peak_rss_mb(),
+                         error=f"{type(exc).__name__}: {exc}")
+        log.error("stage %s %s: %s\n%s", stage, state, exc, traceback.format_exc())
+        raise
+    ended = time.time()
+    summary = {**summary, "elapsed_s": round(ended - started, 3), "peak_rss_mb": peak_rss_mb()}
+    run.mark_done(stage, fingerprint, summary)
+    run.write_status(stage, state="done", ended=ended, peak_rss_mb=summary["peak_rss_mb"], error=None)
+    log.info("stage %s done in %.1fs", stage, ended - started)
+    return run.done_record(stage) or summary
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (and on CUDA, peak allocated device memory is logged by train)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _stage_logger(stage: str, path: Path) -> logging.Logger:
+    log = logging.getLogger(f"pipeline.{stage}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in (logging.FileHandler(path), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    return log
