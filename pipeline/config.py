@@ -99,6 +99,23 @@ class Resources(_Strict):
         return Resources(**merged)
 
 
+class DryRunConfig(_Strict):
+    """How `make dry-run` slices a profile so the full chain runs on a laptop in minutes."""
+
+    limit_rows: int | None = Field(50_000, ge=1)
+    """Rows read per raw file (becomes data.limit_rows)."""
+    epochs: int | None = Field(2, ge=1)
+    """Training epochs per stage (becomes train.epochs)."""
+
+    def overrides(self) -> list[str]:
+        out = []
+        if self.limit_rows is not None:
+            out.append(f"data.limit_rows={self.limit_rows}")
+        if self.epochs is not None:
+            out.append(f"train.epochs={self.epochs}")
+        return out
+
+
 class Profile(_Strict):
     name: str
     data_root: str = "../shared/data"
@@ -113,6 +130,7 @@ class Profile(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     resources: dict[str, Resources] = Field(default_factory=dict)
     """'default' plus per-stage overrides."""
+    dry_run: DryRunConfig = Field(default_factory=DryRunConfig)
 
     @field_validator("safety_factor")
     @classmethod
@@ -159,7 +177,7 @@ class Profile(_Strict):
     def fingerprint_payload(self) -> dict[str, Any]:
         """What determines results: everything but where and with what resources it runs."""
         payload = self.model_dump(mode="json")
-        for key in ("resources", "executor", "data_root", "name"):
+        for key in ("resources", "executor", "data_root", "name", "dry_run"):
             payload.pop(key, None)
         payload["data"].pop("cache_dir", None)
         return payload
