@@ -1,0 +1,362 @@
+"""Memory budgets and batch plans: how many nodes and edges fit on the device, and why.
+
+usable = device total x safety_factor - fixed overhead - static (params, grads, optimizer, teacher)
+batch  = usable / activation cost per unit (node, edge), with the cost measured, not guessed:
+forward + backward run on probe batches of several sizes while a tensor-allocation tracker
+records the peak of live tensor bytes, and a line cost = a + b_node*nodes + b_edge*edges is fit.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import weakref
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pipeline import io
+
+GiB = 1024**3
+MiB = 1024**2
+CUDA_CONTEXT_BYTES = 600 * MiB
+"""CUDA context, cuBLAS/cuDNN handles and workspaces: not visible to the caching allocator."""
+FRAGMENTATION = 0.10
+"""Share of the usable memory kept back for allocator fragmentation and rounding."""
+
+
+# -- device total --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    total: int
+    source: str
+
+
+def device_memory(device: torch.device, target_gb: float | None = None) -> DeviceMemory:
+    """Memory the device offers this job: the planned target, CUDA/MPS totals, or the CPU limit."""
+    if target_gb is not None:
+        return DeviceMemory(int(target_gb * GiB), "profile target")
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return DeviceMemory(total, "torch.cuda.mem_get_info")
+    if device.type == "mps":
+        return DeviceMemory(int(torch.mps.recommended_max_memory()), "torch.mps.recommended_max_memory")
+    return cpu_memory_limit()
+
+
+def cpu_memory_limit() -> DeviceMemory:
+    """The tightest of: cgroup limit, SLURM's --mem / --mem-per-cpu, physical memory."""
+    candidates: list[DeviceMemory] = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:
+            candidates.append(DeviceMemory(int(raw), f"cgroup {path}"))
+    per_node = os.environ.get("SLURM_MEM_PER_NODE")
+    if per_node and per_node.isdigit():
+        candidates.append(DeviceMemory(int(per_node) * MiB, "SLURM_MEM_PER_NODE"))
+    per_cpu, cpus = os.environ.get("SLURM_MEM_PER_CPU"), os.environ.get("SLURM_CPUS_ON_NODE")
+    if per_cpu and per_cpu.isdigit() and cpus and cpus.isdigit():
+        candidates.append(DeviceMemory(int(per_cpu) * int(cpus) * MiB, "SLURM_MEM_PER_CPU x SLURM_CPUS_ON_NODE"))
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    candidates.append(DeviceMemory(pages * page_size, "physical memory"))
+    return min(candidates, key=lambda c: c.total)
+
+
+# -- static costs ----------------------------------------------------------------
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of distinct storages (a storage shared by several tensors is counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if t.device.type == "meta":
+            total += t.numel() * t.element_size()
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total
+
+
+def static_costs(model: torch.nn.Module, optimizer_states: int = 2, teacher: torch.nn.Module | None = None,
+                 embedding_types: tuple[type, ...] = (torch.nn.Embedding,)) -> dict[str, int]:
+    """Parameters, gradients, optimizer state (AdamW keeps 2 per trainable parameter), teacher, embeddings."""
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    embeddings = [p for m in model.modules() if isinstance(m, embedding_types) for p in m.parameters()]
+    return {
+        "parameters": tensor_bytes(params),
+        "gradients": tensor_bytes(trainable),
+        "optimizer state": optimizer_states * tensor_bytes(trainable),
+        "teacher (on device)": tensor_bytes(teacher.parameters()) if teacher is not None else 0,
+        "of which embedding tables": tensor_bytes(embeddings),
+    }
+
+
+# -- measured activation cost -------------------------------------------------------
+
+class LiveTensorTracker(TorchDispatchMode):
+    """Tracks bytes of live tensor storages created under it, and their peak.
+
+    Works on any device, CPU included, so a CPU-only login node can measure what a step
+    allocates. Storages are counted once and released when freed (weakref finalizers).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in _tensors_in(out):
+            self._track(t)
+        return out
+
+    def _track(self, t: torch.Tensor) -> None:
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        key = id(storage) if storage.data_ptr() == 0 else storage.data_ptr()
+        if key in self._seen or storage.nbytes() == 0:
+            return
+        self._seen.add(key)
+        nbytes = storage.nbytes()
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._release, key, nbytes)
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+
+def _tensors_in(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors_in(o)]
+    return []
+
+
+@dataclass
+class ProbePoint:
+    nodes: int
+    edges: int
+    peak_bytes: int
+
+
+@dataclass
+class ActivationFit:
+    """cost(batch) = base + per_node * nodes + per_edge * edges  (bytes of one forward+backward)."""
+
+    base: float
+    per_node: float
+    per_edge: float
+    points: list[ProbePoint] = field(default_factory=list)
+    mode: str = "measured"
+
+    def predict(self, nodes: float, edges: float) -> float:
+        return self.base + self.per_node * nodes + self.per_edge * edges
+
+    def max_error(self) -> float:
+        return max((abs(self.predict(p.nodes, p.edges) - p.peak_bytes) / max(p.peak_bytes, 1) for p in self.points),
+                   default=0.0)
+
+
+def measure_step_peak(step: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes a step allocates above what was live before it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    tracker = LiveTensorTracker()
+    with tracker:
+        step()
+    return tracker.peak
+
+
+def measure_activation_cost(
+    run_step: Callable[[Any], None],
+    make_batch: Callable[[int], Any],
+    sizes: Iterable[int],
+    device: torch.device,
+    count: Callable[[Any], tuple[int, int]],
+) -> ActivationFit:
+    """Probe forward+backward at several batch sizes and fit bytes = a + b_n*nodes + b_e*edges."""
+    points = []
+    for size in sizes:
+        batch = make_batch(size)
+        nodes, edges = count(batch)
+        peak = measure_step_peak(lambda: run_step(batch), device)
+        points.append(ProbePoint(nodes, edges, peak))
+        del batch
+    return fit_line(points)
+
+
+def fit_line(points: list[ProbePoint]) -> ActivationFit:
+    if len(points) < 2:
+        raise ValueError("need at least two probe sizes to fit an activation cost")
+    a = np.array([[1.0, p.nodes, p.edges] for p in points])
+    b = np.array([p.peak_bytes for p in points], dtype=float)
+    coef = _nonneg_lstsq(a, b)
+    return ActivationFit(base=float(coef[0]), per_node=float(coef[1]), per_edge=float(coef[2]), points=points)
+
+
+def _nonneg_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least squares with non-negative slopes: nodes and edges are near-collinear across probes,
+    so an unconstrained fit can trade a negative edge cost against a large node cost."""
+    best, best_err = None, np.inf
+    for cols in ([0, 1, 2], [0, 1], [0, 2], [1, 2], [1], [2]):
+        coef_sub, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+        coef = np.zeros(3)
+        coef[cols] = coef_sub
+        if (coef < 0).any():
+            continue
+        err = float(np.sum((a @ coef - b) ** 2))
+        if err < best_err:
+            best, best_err = coef, err
+    assert best is not None
+    return best
+
+
+# -- budget and plan ---------------------------------------------------------------
+
+@dataclass
+class MemoryBudget:
+    device: str
+    total: int
+    total_source: str
+    safety_factor: float
+    fixed: dict[str, int]
+    static: dict[str, int]
+    activation: ActivationFit
+
+    @property
+    def static_total(self) -> int:
+        return sum(v for k, v in self.static.items() if not k.startswith("of which"))
+
+    @property
+    def fixed_total(self) -> int:
+        return sum(self.fixed.values())
+
+    @property
+    def usable_for_activations(self) -> int:
+        return int(self.total * self.safety_factor) - self.fixed_total - self.static_total
+
+    def table(self) -> str:
+        rows = [("device", f"{self.device} ({self.total_source})"), ("device total", _fmt(self.total)),
+                (f"x safety_factor {self.safety_factor}", _fmt(self.total * self.safety_factor))]
+        rows += [(f"- {k}", _fmt(v)) for k, v in self.fixed.items()]
+        rows += [(f"- {k}" if not k.startswith("of which") else f"  ({k})", _fmt(v)) for k, v in self.static.items()]
+        rows += [("= for activations", _fmt(self.usable_for_activations)),
+                 ("activation / node", f"{self.activation.per_node:,.0f} B"),
+                 ("activation / edge", f"{self.activation.per_edge:,.0f} B"),
+                 ("activation base", _fmt(self.activation.base)),
+                 ("cost model", f"{self.activation.mode} (fit error {self.activation.max_error():.1%})")]
+        width = max(len(r[0]) for r in rows)
+        return "\n".join(f"{k:<{width}}  {v:>14}" for k, v in rows)
+
+
+@dataclass
+class BatchPlan:
+    """Per-batch limits: nodes and edges to fill a batch with, and the graph count at mean size."""
+
+    max_nodes: int
+    max_edges: int
+    graphs: int
+    predicted_bytes: int
+    reason: str
+    checkpointing: bool = False
+
+    def shrunk(self, factor: float) -> "BatchPlan":
+        return BatchPlan(max(1, int(self.max_nodes * factor)), max(1, int(self.max_edges * factor)),
+                         max(1, int(self.graphs * factor)), int(self.predicted_bytes * factor),
+                         f"shrunk x{factor} after out-of-memory", self.checkpointing)
+
+
+def fixed_overhead(device: torch.device, total: int) -> dict[str, int]:
+    fixed = {"allocator fragmentation buffer": int(total * FRAGMENTATION)}
+    if device.type == "cuda":
+        fixed["CUDA context"] = CUDA_CONTEXT_BYTES
+    return fixed
+
+
+def plan_batches(budget: MemoryBudget, nodes_per_graph: float, edges_per_graph: float,
+                 max_graphs: int | None = None) -> BatchPlan:
+    """Largest graph count whose predicted activation memory fits; node/edge limits scale with it."""
+    usable = budget.usable_for_activations - budget.activation.base
+    per_graph = budget.activation.per_node * nodes_per_graph + budget.activation.per_edge * edges_per_graph
+    if usable <= 0:
+        raise MemoryError(
+            f"static memory ({_fmt(budget.static_total + budget.fixed_total)}) exceeds the budget "
+            f"({_fmt(budget.total * budget.safety_factor)}): lower hidden dims, offload the teacher, "
+            "or request more memory"
+        )
+    graphs = max(1, int(usable // max(per_graph, 1.0)))
+    reason = "memory budget"
+    if max_graphs is not None and graphs > max_graphs:
+        graphs, reason = max_graphs, "capped by train.batch_size"
+    nodes = int(graphs * nodes_per_graph)
+    edges = int(graphs * edges_per_graph)
+    predicted = int(budget.activation.predict(nodes, edges))
+    return BatchPlan(max_nodes=max(nodes, 1), max_edges=max(edges, 1), graphs=graphs,
+                     predicted_bytes=predicted, reason=reason)
+
+
+def save_plan(path: str | os.PathLike, budget: MemoryBudget, plan: BatchPlan, key: str) -> None:
+    payload = {"key": key, "budget": asdict(budget), "plan": asdict(plan)}
+    io.write_json(path, payload)
+
+
+def load_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, BatchPlan] | None:
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != key:
+        return None
+    act = data["budget"].pop("activation")
+    fit = ActivationFit(**{**act, "points": [ProbePoint(**p) for p in act["points"]]})
+    return MemoryBudget(**data["budget"], activation=fit), BatchPlan(**data["plan"])
+
+
+# -- out-of-memory back-off -----------------------------------------------------------
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_device_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def _fmt(n: float) -> str:
+    n = float(n)
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} B"

@@ -1,0 +1,127 @@
+"""Memory budget arithmetic, the live-tensor tracker, the activation fit and OOM detection."""
+import pytest
+import torch
+
+from pipeline import memory
+from pipeline.memory import (ActivationFit, LiveTensorTracker, MemoryBudget, ProbePoint, fit_line,
+                             measure_activation_cost, plan_batches)
+
+
+def test_tracker_counts_live_bytes_and_peak():
+    tracker = LiveTensorTracker()
+    with tracker:
+        a = torch.empty(1000, dtype=torch.float32)          # 4000 B
+        b = torch.empty(500, dtype=torch.float64)            # 4000 B
+        del a
+        c = torch.empty(250, dtype=torch.float32)            # 1000 B
+    assert tracker.peak == 8000
+    assert tracker.live == 5000
+    del b, c
+
+
+def test_tracker_sees_views_once():
+    tracker = LiveTensorTracker()
+    with tracker:
+        a = torch.zeros(100, 10)
+        views = [a[i] for i in range(10)]
+    assert tracker.peak == 4000
+    del a, views
+
+
+def test_fit_recovers_known_line():
+    points = [ProbePoint(n, e, 1000 + 40 * n + 8 * e) for n, e in [(10, 50), (20, 70), (40, 200), (80, 300)]]
+    fit = fit_line(points)
+    assert fit.per_node == pytest.approx(40)
+    assert fit.per_edge == pytest.approx(8)
+    assert fit.base == pytest.approx(1000)
+    assert fit.max_error() < 1e-9
+
+
+def test_fit_needs_two_points():
+    with pytest.raises(ValueError, match="two probe sizes"):
+        fit_line([ProbePoint(1, 1, 1)])
+
+
+def test_measured_cost_predicts_larger_batches():
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+
+    def step(x):
+        layer.zero_grad(set_to_none=True)
+        layer(x).sum().backward()
+
+    fit = measure_activation_cost(step, lambda n: torch.randn(n, 32), [64, 128, 256], torch.device("cpu"),
+                                  count=lambda x: (x.shape[0], 0))
+    x = torch.randn(4096, 32)
+    measured = memory.measure_step_peak(lambda: step(x), torch.device("cpu"))
+    assert fit.predict(4096, 0) == pytest.approx(measured, rel=0.05)
+
+
+def budget(total=10_000_000, sf=0.5, static=1_000_000, per_node=100.0, per_edge=10.0, base=0.0):
+    return MemoryBudget(device="cpu", total=total, total_source="test", safety_factor=sf,
+                        fixed={"allocator fragmentation buffer": 0}, static={"parameters": static},
+                        activation=ActivationFit(base=base, per_node=per_node, per_edge=per_edge))
+
+
+def test_plan_fills_usable_memory():
+    b = budget()
+    assert b.usable_for_activations == 4_000_000
+    plan = plan_batches(b, nodes_per_graph=20, edges_per_graph=100)   # 3000 B per graph
+    assert plan.graphs == 1333
+    assert plan.predicted_bytes <= b.usable_for_activations
+    assert plan.max_nodes == 1333 * 20 and plan.reason == "memory budget"
+    capped = plan_batches(b, 20, 100, max_graphs=64)
+    assert capped.graphs == 64 and "batch_size" in capped.reason
+
+
+def test_plan_scales_with_safety_factor():
+    small = plan_batches(budget(sf=0.2), 20, 100)
+    large = plan_batches(budget(sf=0.9), 20, 100)
+    assert large.graphs > 3 * small.graphs
+
+
+def test_static_over_budget_names_levers():
+    with pytest.raises(MemoryError, match="offload the teacher"):
+        plan_batches(budget(static=9_000_000), 20, 100)
+
+
+def test_budget_table_lists_every_line():
+    table = budget().table()
+    for word in ("device total", "safety_factor", "parameters", "for activations", "activation / node"):
+        assert word in table
+
+
+def test_static_costs_of_adam_model():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 2))
+    costs = memory.static_costs(model)
+    n_bytes = (10 * 4 + 4 * 2 + 2) * 4
+    assert costs["parameters"] == n_bytes
+    assert costs["optimizer state"] == 2 * n_bytes
+    assert costs["of which embedding tables"] == 40 * 4
+
+
+def test_out_of_memory_detection():
+    assert memory.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert memory.is_out_of_memory(MemoryError())
+    assert memory.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried... out of memory"))
+    assert not memory.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_cpu_limit_respects_slurm(monkeypatch):
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "1024")
+    limit = memory.cpu_memory_limit()
+    assert limit.total <= 1024 * memory.MiB
+    monkeypatch.delenv("SLURM_MEM_PER_NODE")
+    monkeypatch.setenv("SLURM_MEM_PER_CPU", "100")
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "2")
+    assert memory.cpu_memory_limit().total == 200 * memory.MiB
+
+
+def test_plan_round_trips_through_run_dir(tmp_path):
+    b = budget()
+    b.activation.points = [ProbePoint(1, 2, 3)]
+    plan = plan_batches(b, 20, 100)
+    memory.save_plan(tmp_path / "plan.json", b, plan, key="k1")
+    loaded = memory.load_plan(tmp_path / "plan.json", key="k1")
+    assert loaded is not None and loaded[1] == plan and loaded[0].activation.points[0].peak_bytes == 3
+    assert memory.load_plan(tmp_path / "plan.json", key="other") is None
