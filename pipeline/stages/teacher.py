@@ -1,0 +1,95 @@
+"""Teacher stage: train the GAT classifier on the cached window graphs, keep the best epoch on val F1.
+
+Attack windows are a minority of the train split, so with ``train.class_weighting`` the
+cross-entropy weighs each class by its inverse frequency there; selection is on the F1 of the
+attack class, which (unlike accuracy) does not reward predicting "normal" everywhere.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline import io
+from pipeline.data.cache import GraphBatch, GraphSplit
+from pipeline.data.loader import GraphLoader
+from pipeline.models.gat import GATWithJK, count_parameters
+from pipeline.runs import stage_fingerprint
+from pipeline.stages.evaluate import classification_metrics
+from pipeline.train import Selection, Trainer, predict, seed_everything
+
+
+def run(ctx) -> dict[str, Any]:
+    cfg = ctx.profile.train
+    cache_dir = Path(ctx.upstream["preprocess"]["cache_dir"])
+    manifest = io.read_json(cache_dir / "manifest.json")
+    train_split, val_split = open_split(cache_dir, manifest, "train"), open_split(cache_dir, manifest, "val")
+    device = ctx.device
+
+    seed_everything(cfg.seed)
+    model = GATWithJK(num_ids=len(manifest["vocab"]) + 1, node_features=train_split.num_node_features,
+                      edge_features=train_split.num_edge_features, **ctx.profile.model.model_dump())
+    weights = class_weights(train_split.y) if cfg.class_weighting else None
+    ctx.log.info("teacher: %d train / %d val graphs, %d parameters, class weights %s on %s",
+                 len(train_split), len(val_split), count_parameters(model),
+                 None if weights is None else [round(w, 3) for w in weights.tolist()], device)
+
+    trainer = Trainer(
+        model,
+        cross_entropy_loss(weights.to(device) if weights is not None else None),
+        GraphLoader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed),
+        GraphLoader(val_split, cfg.batch_size * 4),
+        validate_classifier,
+        cfg, ctx.dir, ctx.log,
+        device=device,
+        selection=Selection("f1", "max"),
+        resume_key=resume_key(ctx),
+    )
+    result = trainer.fit()
+    return {
+        "best_checkpoint": str(result.best_path),
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_metrics,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "params": count_parameters(model),
+    }
+
+
+def open_split(cache_dir: Path, manifest: dict[str, Any], name: str) -> GraphSplit:
+    """Open split ``name`` of the cache, naming the manifest when it is missing."""
+    entry = manifest.get("splits", {}).get(name)
+    if entry is None:
+        raise KeyError(f"{cache_dir / 'manifest.json'}: no split {name!r} (has {sorted(manifest.get('splits', {}))}); "
+                       "re-run the preprocess stage")
+    return GraphSplit.open(cache_dir / entry["file"])
+
+
+def class_weights(y: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
+    """Inverse-frequency weights n / (C * n_c): a balanced split gets all ones."""
+    counts = torch.bincount(y.long(), minlength=num_classes).float().clamp_min(1)
+    return counts.sum() / (num_classes * counts)
+
+
+def cross_entropy_loss(weight: torch.Tensor | None):
+    """The teacher's loss hook for the Trainer: weighted cross-entropy on graph labels."""
+    def loss_fn(model: nn.Module, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch)
+        return nn.functional.cross_entropy(logits.float(), batch.y, weight=weight), logits
+    return loss_fn
+
+
+def validate_classifier(model: nn.Module, loader) -> dict[str, float]:
+    """Validation metrics of a graph classifier, F1 of the attack class among them (the selection key)."""
+    logits, y = predict(model, loader)
+    metrics = classification_metrics(y, logits.argmax(-1))
+    metrics["loss"] = float(nn.functional.cross_entropy(logits, y)) if y.numel() else float("nan")
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+def resume_key(ctx) -> str:
+    """The stage's input fingerprint: a checkpoint.pt from other inputs must not be resumed."""
+    upstream = {dep: rec.get("result_key", rec["fingerprint"]) for dep, rec in ctx.upstream.items()}
+    return stage_fingerprint(ctx.profile, ctx.stage, upstream)

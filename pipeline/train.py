@@ -1,0 +1,439 @@
+"""The one training loop: every training stage (autoencoder, teacher, students, curriculum) uses it.
+
+Stages differ only in what they plug in: the model, ``loss_fn(model, batch) -> (loss, outputs)``,
+the loaders and ``validate_fn(model, loader) -> metrics``. The loop owns the rest: AMP on CUDA,
+gradient accumulation, early stopping, a checkpoint after every epoch and ``metrics.jsonl``.
+
+Files in the stage directory:
+
+    checkpoint.pt   last finished epoch: model, optimizer, scaler, RNG states, early-stop state
+    best.pt         best epoch so far: model class + kwargs + weights (``load_model`` rebuilds it)
+    metrics.jsonl   one line per epoch
+
+Resume is exact: the shuffle order is a function of (seed, epoch) and every RNG state is saved,
+so a job killed mid-epoch and re-run from checkpoint.pt ends with the same weights as one that
+never stopped. A checkpoint is only resumed if it was written for the same ``resume_key``
+(the stage passes its input fingerprint), so a changed profile starts afresh.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import random
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline import io
+from pipeline.config import TrainConfig
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Any]]
+"""(model, batch on device) -> (mean loss of the batch, model outputs)."""
+ValidateFn = Callable[[nn.Module, Iterable], dict[str, float]]
+"""(model in eval mode, validation loader) -> metrics; runs under no_grad and autocast."""
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+
+_ACTIVE: "Trainer | None" = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which validation metric picks the best epoch and drives early stopping."""
+
+    metric: str = "f1"
+    """Key of the dict returned by validate_fn."""
+    mode: Literal["max", "min"] = "max"
+
+    def better(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best if self.mode == "max" else value < best
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metric: float | None
+    best_metrics: dict[str, float]
+    epochs_run: int
+    stopped_early: bool
+    best_path: Path
+
+
+@dataclass
+class _Progress:
+    """What survives an epoch boundary (and therefore goes into checkpoint.pt)."""
+
+    epoch: int = 0
+    best_metric: float | None = None
+    best_epoch: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    bad_epochs: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train_loader: Iterable,
+        val_loader: Iterable,
+        validate_fn: ValidateFn,
+        cfg: TrainConfig,
+        stage_dir: str | os.PathLike,
+        log: logging.Logger,
+        *,
+        device: torch.device | str = "cpu",
+        selection: Selection = Selection(),
+        optimizer: torch.optim.Optimizer | None = None,
+        resume_key: str = "",
+        progress: bool = True,
+    ):
+        configure_threads(cfg.threads)
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.validate_fn = validate_fn
+        self.cfg = cfg
+        self.dir = Path(stage_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.selection = selection
+        self.resume_key = resume_key
+        self.show_progress = progress
+        self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.state = _Progress()
+
+    # -- paths ---------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / BEST
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / METRICS
+
+    # -- steps -----------------------------------------------------------
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+
+    def train_step(self, batch: Any) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns the detached loss (no host sync)."""
+        batch = _to(batch, self.device)
+        with self.autocast():
+            loss, _ = self.loss_fn(self.model, batch)
+        self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        return loss.detach()
+
+    def optimizer_step(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the train loader; returns the mean loss per graph."""
+        self.model.train()
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        weight = 0
+        pending = 0
+        bar = tqdm(total=_length(self.train_loader), desc=f"epoch {epoch}/{self.cfg.epochs}", file=sys.stderr,
+                   disable=not self.show_progress, leave=False, dynamic_ncols=True)
+        with bar:
+            for step, batch in enumerate(self.train_loader, 1):
+                n = int(getattr(batch, "num_graphs", 1))
+                loss = self.train_step(batch)
+                total += loss.float() * n
+                weight += n
+                pending += 1
+                if pending == self.cfg.grad_accum:
+                    self.optimizer_step()
+                    pending = 0
+                bar.update(1)
+                if step % 10 == 0 or step == bar.total:
+                    bar.set_postfix(loss=f"{float(total) / max(weight, 1):.4f}", mem=f"{peak_memory_mb(self.device):.0f}MB",
+                                    refresh=False)
+            if pending:
+                self.optimizer_step()
+        mean = float(total) / max(weight, 1)
+        if not math.isfinite(mean):
+            raise FloatingPointError(
+                f"{self.dir}: train loss is {mean} in epoch {epoch}; lower train.lr or set train.amp=false")
+        return mean
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        with self.autocast():
+            metrics = self.validate_fn(self.model, self.val_loader)
+        if self.selection.metric not in metrics:
+            raise KeyError(f"validate_fn returned {sorted(metrics)}; the selection metric "
+                           f"{self.selection.metric!r} is not among them")
+        return {k: float(v) for k, v in metrics.items()}
+
+    # -- state -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "resume_key": self.resume_key,
+            "epoch": s.epoch,
+            "best_metric": s.best_metric,
+            "best_epoch": s.best_epoch,
+            "best_metrics": s.best_metrics,
+            "bad_epochs": s.bad_epochs,
+            "finished": s.finished,
+            "stopped_early": s.stopped_early,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.state = _Progress(
+            epoch=state["epoch"], best_metric=state["best_metric"], best_epoch=state["best_epoch"],
+            best_metrics=dict(state["best_metrics"]), bad_epochs=state["bad_epochs"],
+            finished=state["finished"], stopped_early=state["stopped_early"],
+        )
+
+    def save_best(self, epoch: int, metrics: dict[str, float]) -> None:
+        cls = type(self.model)
+        io.torch_save({
+            "model_class": f"{cls.__module__}:{cls.__qualname__}",
+            "model_kwargs": dict(getattr(self.model, "model_kwargs", {})),
+            "state_dict": self.model.state_dict(),
+            "epoch": epoch,
+            "metric": metrics[self.selection.metric],
+            "metrics": metrics,
+        }, self.best_path)
+
+    def checkpoint(self) -> Path | None:
+        """Preemption hook: the last finished epoch is already on disk, and that is what resumes.
+
+        A half-finished epoch is deliberately not saved: its batches would replay differently
+        and break exact resume. Returns the checkpoint the requeued job will continue from.
+        """
+        if self.checkpoint_path.exists():
+            self.log.info("preempted; will resume after epoch %d from %s", self.state.epoch, self.checkpoint_path)
+            return self.checkpoint_path
+        self.log.info("preempted before the first epoch finished; the requeued job starts afresh")
+        return None
+
+    # -- loop ----------------------------------------------------------------
+    def fit(self) -> FitResult:
+        """Train until cfg.epochs or early stop, resuming from checkpoint.pt when it matches."""
+        global _ACTIVE
+        self._resume_or_start()
+        _ACTIVE = self
+        try:
+            while not self.state.finished:
+                self._run_epoch(self.state.epoch + 1)
+        finally:
+            _ACTIVE = None
+        s = self.state
+        return FitResult(best_epoch=s.best_epoch, best_metric=s.best_metric, best_metrics=s.best_metrics,
+                         epochs_run=s.epoch, stopped_early=s.stopped_early, best_path=self.best_path)
+
+    def _run_epoch(self, epoch: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
+        train_loss = self.train_epoch(epoch)
+        val = self.validate()
+        s = self.state
+        value = val[self.selection.metric]
+        improved = self.selection.better(value, s.best_metric)
+        if improved:
+            s.best_metric, s.best_epoch, s.best_metrics, s.bad_epochs = value, epoch, val, 0
+            self.save_best(epoch, val)
+        else:
+            s.bad_epochs += 1
+        s.epoch = epoch
+        s.stopped_early = s.bad_epochs >= self.cfg.patience and epoch < self.cfg.epochs
+        s.finished = epoch >= self.cfg.epochs or s.stopped_early
+        record = {
+            "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved,
+            "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
+            "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+            "mem_kind": "cuda_allocated" if self.device.type == "cuda" else "rss",
+        }
+        io.append_jsonl(self.metrics_path, record)
+        # best.pt is written before checkpoint.pt: a checkpoint never points at a best.pt not yet on disk.
+        io.torch_save(self.state_dict(), self.checkpoint_path)
+        self.log.info("epoch %d/%d train_loss %.4f val %s %s=%.4f%s (%.1fs, peak %.0f MB)", epoch, self.cfg.epochs,
+                      train_loss, _fmt(val), self.selection.metric, value, " *" if improved else "",
+                      record["seconds"], record["peak_mem_mb"])
+        if s.stopped_early:
+            self.log.info("early stop: no %s improvement for %d epochs; best epoch %d (%s=%.4f)",
+                          self.selection.metric, s.bad_epochs, s.best_epoch, self.selection.metric, s.best_metric)
+
+    def _resume_or_start(self) -> None:
+        if self.checkpoint_path.exists():
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+            if state.get("resume_key") == self.resume_key:
+                self.load_state_dict(state)
+                _trim_metrics(self.metrics_path, self.state.epoch)
+                self.log.info("resuming from %s after epoch %d (best epoch %d)", self.checkpoint_path,
+                              self.state.epoch, self.state.best_epoch)
+                return
+            self.log.info("ignoring %s: written for other inputs (%s != %s); starting afresh",
+                          self.checkpoint_path, state.get("resume_key"), self.resume_key)
+        for path in (self.checkpoint_path, self.best_path, self.metrics_path):
+            path.unlink(missing_ok=True)
+        seed_everything(self.cfg.seed)
+
+
+# -- model files ----------------------------------------------------------------
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the model stored in a best.pt (class + kwargs + weights), in eval mode."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist (has its training stage finished?)")
+    blob = torch.load(path, map_location=device, weights_only=True)
+    module_name, _, qualname = blob["model_class"].partition(":")
+    cls = getattr(importlib.import_module(module_name), qualname)
+    model = cls(**blob["model_kwargs"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels over a loader, gathered on the CPU (inference for validation and scoring)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        batch = _to(batch, device)
+        logits.append(model(batch).float().cpu())
+        labels.append(batch.y.cpu())
+    if not logits:
+        return torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+# -- process setup -------------------------------------------------------------------
+
+def configure_threads(threads: int | None) -> int:
+    """Use the cpus the job was given: train.threads, else SLURM_CPUS_PER_TASK, else the affinity mask."""
+    n = threads or _env_int("SLURM_CPUS_PER_TASK") or len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop may draw from, in types torch.load(weights_only=True) accepts."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated device memory on CUDA; peak resident memory of the process elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def checkpoint_active() -> Path | None:
+    """For a submitit ``Checkpointable.checkpoint``: the checkpoint of the fit now running, if any."""
+    return _ACTIVE.checkpoint() if _ACTIVE is not None else None
+
+
+# -- helpers ---------------------------------------------------------------------
+
+def _to(batch: Any, device: torch.device) -> Any:
+    return batch.to(device, non_blocking=True) if hasattr(batch, "to") else batch
+
+
+def _length(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+def _trim_metrics(path: Path, last_epoch: int) -> None:
+    """Drop lines of epochs after the checkpoint (written just before a crash); they will be re-run."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and _line_epoch(line) <= last_epoch]
+    if len(keep) != len(lines):
+        io.write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _line_epoch(line: str) -> int:
+    """Epoch of a metrics line; a torn (unparseable) line counts as later than any checkpoint."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
