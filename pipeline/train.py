@@ -58,13 +58,31 @@ class Selection:
     metric: str = "f1"
     """Key of the dict returned by validate_fn."""
     mode: Literal["max", "min"] = "max"
+    tie_metric: str | None = None
+    """Breaks exact ties of ``metric`` (F1 saturates at 1.0 on easy validation sets; loss keeps moving)."""
+    tie_mode: Literal["max", "min"] = "min"
 
-    def better(self, value: float, best: float | None) -> bool:
+    def better(self, new: dict[str, float], best: dict[str, float] | None) -> bool:
+        """Strictly better than ``best`` (None: nothing yet); a tie counts as no improvement."""
+        value = new[self.metric]
         if not math.isfinite(value):
             return False
-        if best is None:
+        if not best:
             return True
-        return value > best if self.mode == "max" else value < best
+        if value != best[self.metric]:
+            return _beats(value, best[self.metric], self.mode)
+        if self.tie_metric is None or not math.isfinite(new.get(self.tie_metric, math.nan)):
+            return False
+        return _beats(new[self.tie_metric], best.get(self.tie_metric, math.nan), self.tie_mode)
+
+    def required(self) -> list[str]:
+        return [self.metric] + ([self.tie_metric] if self.tie_metric else [])
+
+
+def _beats(value: float, other: float, mode: str) -> bool:
+    if not math.isfinite(other):
+        return True
+    return value > other if mode == "max" else value < other
 
 
 @dataclass
@@ -91,6 +109,12 @@ class _Progress:
 
 
 class Trainer:
+    """Fit ``model`` with ``loss_fn`` and select epochs on ``validate_fn``; see the module docstring.
+
+    One method per step of the loop (train_step, optimizer_step, train_epoch, validate), so a stage
+    with an unusual schedule (curriculum) overrides a step instead of copying the loop.
+    """
+
     def __init__(
         self,
         model: nn.Module,
@@ -195,9 +219,10 @@ class Trainer:
         self.model.eval()
         with self.autocast():
             metrics = self.validate_fn(self.model, self.val_loader)
-        if self.selection.metric not in metrics:
-            raise KeyError(f"validate_fn returned {sorted(metrics)}; the selection metric "
-                           f"{self.selection.metric!r} is not among them")
+        missing = [k for k in self.selection.required() if k not in metrics]
+        if missing:
+            raise KeyError(f"validate_fn returned {sorted(metrics)}; the selection metric(s) "
+                           f"{missing} are not among them")
         return {k: float(v) for k, v in metrics.items()}
 
     # -- state -------------------------------------------------------------
@@ -276,7 +301,7 @@ class Trainer:
         val = self.validate()
         s = self.state
         value = val[self.selection.metric]
-        improved = self.selection.better(value, s.best_metric)
+        improved = self.selection.better(val, s.best_metrics if s.best_epoch else None)
         if improved:
             s.best_metric, s.best_epoch, s.best_metrics, s.bad_epochs = value, epoch, val, 0
             self.save_best(epoch, val)
@@ -294,9 +319,8 @@ class Trainer:
         io.append_jsonl(self.metrics_path, record)
         # best.pt is written before checkpoint.pt: a checkpoint never points at a best.pt not yet on disk.
         io.torch_save(self.state_dict(), self.checkpoint_path)
-        self.log.info("epoch %d/%d train_loss %.4f val %s %s=%.4f%s (%.1fs, peak %.0f MB)", epoch, self.cfg.epochs,
-                      train_loss, _fmt(val), self.selection.metric, value, " *" if improved else "",
-                      record["seconds"], record["peak_mem_mb"])
+        self.log.info("epoch %d/%d train_loss %.4f val %s%s (%.1fs, peak %.0f MB)", epoch, self.cfg.epochs,
+                      train_loss, _fmt(val), " (best)" if improved else "", record["seconds"], record["peak_mem_mb"])
         if s.stopped_early:
             self.log.info("early stop: no %s improvement for %d epochs; best epoch %d (%s=%.4f)",
                           self.selection.metric, s.bad_epochs, s.best_epoch, self.selection.metric, s.best_metric)

@@ -161,5 +161,15 @@ def test_early_stopping_on_patience(splits, tmp_path):
 
 def test_missing_selection_metric_names_the_keys(splits, tmp_path):
     trainer = _trainer(splits, tmp_path, validate_fn=lambda m, l: {"acc": 1.0}, epochs=1)
-    with pytest.raises(KeyError, match="acc"):
+    with pytest.raises(KeyError, match="f1"):
         trainer.fit()
+
+
+def test_selection_ties_and_non_finite_values():
+    sel = Selection("f1", "max", tie_metric="loss", tie_mode="min")
+    assert sel.better({"f1": 0.5, "loss": 1.0}, None)
+    assert sel.better({"f1": 0.6, "loss": 9.0}, {"f1": 0.5, "loss": 1.0})
+    assert sel.better({"f1": 1.0, "loss": 0.1}, {"f1": 1.0, "loss": 0.2})
+    assert not sel.better({"f1": 1.0, "loss": 0.2}, {"f1": 1.0, "loss": 0.2})
+    assert not sel.better({"f1": float("nan"), "loss": 0.0}, {"f1": 0.1, "loss": 1.0})
+    assert not Selection("f1").better({"f1": 1.0, "loss": 0.1}, {"f1": 1.0, "loss": 0.2})

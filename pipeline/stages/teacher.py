@@ -2,7 +2,8 @@
 
 Attack windows are a minority of the train split, so with ``train.class_weighting`` the
 cross-entropy weighs each class by its inverse frequency there; selection is on the F1 of the
-attack class, which (unlike accuracy) does not reward predicting "normal" everywhere.
+attack class, which (unlike accuracy) does not reward predicting "normal" everywhere, with the
+validation loss breaking ties once F1 saturates.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def run(ctx) -> dict[str, Any]:
         validate_classifier,
         cfg, ctx.dir, ctx.log,
         device=device,
-        selection=Selection("f1", "max"),
+        selection=Selection("f1", "max", tie_metric="loss", tie_mode="min"),
         resume_key=resume_key(ctx),
     )
     result = trainer.fit()
