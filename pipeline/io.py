@@ -25,6 +25,9 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkstemp/mkdtemp create owner-only entries; results on shared cluster storage must be
+    # readable by the group like any other file the user writes, so apply the umask instead.
+    tmp.chmod((0o777 if is_dir else 0o666) & ~_umask())
     try:
         yield tmp
         if is_dir and final.exists():
@@ -36,6 +39,12 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

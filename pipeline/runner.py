@@ -31,6 +31,8 @@ class StageContext:
     stage: str
     dir: Path
     log: logging.Logger
+    fingerprint: str = ""
+    """Hash of this stage's inputs; training checkpoints carry it so a changed profile starts afresh."""
     upstream: dict[str, dict[str, Any]] = field(default_factory=dict)
     """done.json records of the stages this one reads, by name."""
 
@@ -70,11 +72,14 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
         log.info("stage %s already done with the same inputs (%s); nothing to do", stage, fingerprint)
         return run.done_record(stage) or {}
 
+    if force:
+        clear_stage_outputs(stage_dir)
     started = time.time()
     job_id = os.environ.get("SLURM_JOB_ID")
     run.write_status(stage, state="running", started=started, ended=None, job_id=job_id, pid=os.getpid(),
                      error=None, log=str(stage_dir / "log"))
-    ctx = StageContext(profile=profile, run=run, stage=stage, dir=stage_dir, log=log, upstream=upstream)
+    ctx = StageContext(profile=profile, run=run, stage=stage, dir=stage_dir, log=log,
+                       fingerprint=fingerprint, upstream=upstream)
     log.info("stage %s starting in %s (job %s)", stage, run.path, job_id or "-")
     try:
         summary = STAGES[stage].entry()(ctx) or {}
@@ -91,6 +96,19 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
     run.write_status(stage, state="done", ended=ended, peak_rss_mb=summary["peak_rss_mb"], error=None)
     log.info("stage %s done in %.1fs", stage, ended - started)
     return run.done_record(stage) or summary
+
+
+KEEP_ON_FORCE = {"log", "status.json"}
+
+
+def clear_stage_outputs(stage_dir: Path) -> None:
+    """A forced re-run starts from nothing: checkpoints and results of the last run go."""
+    import shutil
+
+    for entry in stage_dir.iterdir():
+        if entry.name in KEEP_ON_FORCE:
+            continue
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def peak_rss_mb() -> float:

@@ -41,3 +41,13 @@ def test_run_dir_freezes_profile_and_tracks_done(tmp_path):
     # overrides on a frozen profile change the fingerprint unless they only touch resources
     assert stage_fingerprint(run.profile(["resources.teacher.mem_gb=2"]), "preprocess", {}) == fp
     assert stage_fingerprint(run.profile(["data.window=50"]), "preprocess", {}) != fp
+
+
+def test_atomic_files_follow_the_umask(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        io.write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644

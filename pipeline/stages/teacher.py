@@ -17,7 +17,6 @@ from pipeline import io
 from pipeline.data.cache import GraphBatch, GraphSplit
 from pipeline.data.loader import GraphLoader
 from pipeline.models.gat import GATWithJK, count_parameters
-from pipeline.runs import stage_fingerprint
 from pipeline.stages.evaluate import classification_metrics
 from pipeline.train import Selection, Trainer, predict, seed_everything
 
@@ -46,7 +45,7 @@ def run(ctx) -> dict[str, Any]:
         cfg, ctx.dir, ctx.log,
         device=device,
         selection=Selection("f1", "max", tie_metric="loss", tie_mode="min"),
-        resume_key=resume_key(ctx),
+        resume_key=ctx.fingerprint,
     )
     result = trainer.fit()
     return {
@@ -88,9 +87,3 @@ def validate_classifier(model: nn.Module, loader) -> dict[str, float]:
     metrics = classification_metrics(y, logits.argmax(-1))
     metrics["loss"] = float(nn.functional.cross_entropy(logits, y)) if y.numel() else float("nan")
     return {k: v for k, v in metrics.items() if isinstance(v, float)}
-
-
-def resume_key(ctx) -> str:
-    """The stage's input fingerprint: a checkpoint.pt from other inputs must not be resumed."""
-    upstream = {dep: rec.get("result_key", rec["fingerprint"]) for dep, rec in ctx.upstream.items()}
-    return stage_fingerprint(ctx.profile, ctx.stage, upstream)
