@@ -360,3 +360,81 @@ def _fmt(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:,.2f} {unit}"
     return f"{n:,.0f} B"
+
+
+# -- planning a graph-classification stage --------------------------------------------------
+
+PROBE_GRAPHS = (8, 16, 32, 64)
+"""Probe batch sizes (graphs); small enough to run on any device, spread enough to fit a line."""
+
+
+def plan_key(model: torch.nn.Module, split: Any, device: torch.device, safety_factor: float,
+             max_graphs: int, target_gb: float | None = None) -> str:
+    """Identity of a plan: the model's shape, the data's shape and the device it is for."""
+    import hashlib
+
+    payload = {
+        "model": type(model).__name__, "kwargs": dict(getattr(model, "model_kwargs", {})),
+        "graphs": len(split), "nodes": int(split.node_ptr[-1]), "edges": int(split.edge_ptr[-1]),
+        "device": str(device), "safety_factor": safety_factor, "max_graphs": max_graphs, "target_gb": target_gb,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_graph_batches(
+    model: torch.nn.Module,
+    split: Any,
+    loss_fn: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, Any]],
+    device: torch.device,
+    safety_factor: float,
+    max_graphs: int,
+    plan_path: str | os.PathLike,
+    key: str,
+    *,
+    teacher: torch.nn.Module | None = None,
+    target_gb: float | None = None,
+    amp: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[MemoryBudget, BatchPlan]:
+    """Measure (or reuse) the activation cost of ``model`` on ``split`` and size its batches.
+
+    The plan is cached at ``plan_path`` under ``key`` (model, data shape, device), so a resumed
+    job and later stages reuse it instead of probing again.
+    """
+    cached = load_plan(plan_path, key)
+    if cached is not None:
+        log(f"memory plan reused from {plan_path}: {cached[1].graphs} graphs / {cached[1].max_nodes} nodes per batch")
+        return cached
+    nodes, edges = split.nodes_per_graph().double(), split.edges_per_graph().double()
+    gen = torch.Generator().manual_seed(0)
+
+    def make_batch(n: int):
+        idx = torch.randperm(len(split), generator=gen)[: min(n, len(split))]
+        return split.collate(idx).to(device)
+
+    def run_step(batch) -> None:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            loss, _ = loss_fn(model, batch)
+        loss.backward()
+
+    rng_state = torch.get_rng_state()
+    fit = measure_activation_cost(run_step, make_batch, [g for g in PROBE_GRAPHS if g <= max(len(split), 2)] or [1, 2],
+                                  device, count=lambda b: (b.num_nodes, b.num_edges))
+    torch.set_rng_state(rng_state)   # probing must not shift the training RNG stream
+    model.zero_grad(set_to_none=True)
+    mem = device_memory(device, target_gb)
+    budget = MemoryBudget(device=str(device), total=mem.total, total_source=mem.source, safety_factor=safety_factor,
+                          fixed=fixed_overhead(device, mem.total), static=static_costs(model, teacher=teacher),
+                          activation=fit)
+    # Size by the 95th percentile graph, not the mean: batches are filled to a node budget, and
+    # edge-dense windows (flooding) must still fit.
+    plan = plan_batches(budget, float(nodes.quantile(0.95)), float(edges.quantile(0.95)), max_graphs=max_graphs)
+    save_plan(plan_path, budget, plan, key)
+    log(f"memory budget:\n{budget.table()}\nplan: {plan.graphs} graphs, <= {plan.max_nodes} nodes per batch "
+        f"({plan.reason}; predicted peak {_fmt(plan.predicted_bytes)})")
+    if plan.graphs < min(8, max_graphs):
+        log(f"warning: the plan allows only {plan.graphs} graphs per batch; levers: raise safety_factor, "
+            "lower model.hidden / model.heads, request more memory, or offload the teacher")
+    return budget, plan

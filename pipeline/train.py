@@ -17,6 +17,7 @@ never stopped. A checkpoint is only resumed if it was written for the same ``res
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import logging
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import io
+from pipeline import io, memory
 from pipeline.config import TrainConfig
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Any]]
@@ -47,6 +48,8 @@ ValidateFn = Callable[[nn.Module, Iterable], dict[str, float]]
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
+OOM_BACKOFF = 0.5
+"""Factor the node budget shrinks by after an out-of-memory epoch."""
 
 _ACTIVE: "Trainer | None" = None
 
@@ -131,6 +134,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         resume_key: str = "",
         progress: bool = True,
+        memory_plan: dict[str, float] | None = None,
     ):
         configure_threads(cfg.threads)
         self.device = torch.device(device)
@@ -146,6 +150,8 @@ class Trainer:
         self.selection = selection
         self.resume_key = resume_key
         self.show_progress = progress
+        self.memory_plan = memory_plan or {}
+        """Planned batch memory and device total (MB), logged beside each epoch's measured peak."""
         self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -214,6 +220,35 @@ class Trainer:
                 f"{self.dir}: train loss is {mean} in epoch {epoch}; lower train.lr or set train.amp=false")
         return mean
 
+    def _train_epoch_with_backoff(self, epoch: int) -> float:
+        """Run the epoch; on out-of-memory restore its starting state, shrink the batches and retry.
+
+        Retrying the whole epoch (not the step) keeps resume exact: the epoch's batches are a
+        function of the loader budget, which the checkpoint records.
+        """
+        can_shrink = hasattr(self.train_loader, "shrink")
+        start = copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                               "rng": rng_state()}) if can_shrink else None
+        while True:
+            try:
+                return self.train_epoch(epoch)
+            except Exception as exc:
+                if not (can_shrink and memory.is_out_of_memory(exc)):
+                    raise
+                memory.free_device_memory(self.device)
+                try:
+                    budget = self.train_loader.shrink(OOM_BACKOFF)
+                except MemoryError as floor:
+                    raise MemoryError(f"{self.dir.name}: {floor}; lower model.hidden/heads or request more memory "
+                                      f"(first error: {exc})") from exc
+                self.model.load_state_dict(start["model"])
+                self.optimizer.load_state_dict(start["optimizer"])
+                set_rng_state(start["rng"])
+                self.optimizer.zero_grad(set_to_none=True)
+                self.log.warning("%s: out of memory in epoch %d (%s); retrying with <= %d nodes per batch",
+                                 self.dir.name, epoch, str(exc).splitlines()[0][:200], budget)
+                io.append_jsonl(self.metrics_path, {"epoch": epoch, "event": "oom_backoff", "max_nodes": budget})
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.model.eval()
@@ -241,6 +276,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "loader_max_nodes": getattr(self.train_loader, "max_nodes", None),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -249,6 +285,8 @@ class Trainer:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        if state.get("loader_max_nodes") is not None and hasattr(self.train_loader, "max_nodes"):
+            self.train_loader.max_nodes = state["loader_max_nodes"]   # keep a plan shrunk after OOM
         self.state = _Progress(
             epoch=state["epoch"], best_metric=state["best_metric"], best_epoch=state["best_epoch"],
             best_metrics=dict(state["best_metrics"]), bad_epochs=state["bad_epochs"],
@@ -297,7 +335,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
-        train_loss = self.train_epoch(epoch)
+        train_loss = self._train_epoch_with_backoff(epoch)
         val = self.validate()
         s = self.state
         value = val[self.selection.metric]
@@ -315,6 +353,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
             "peak_mem_mb": round(peak_memory_mb(self.device), 1),
             "mem_kind": "cuda_allocated" if self.device.type == "cuda" else "rss",
+            **self.memory_plan,
         }
         io.append_jsonl(self.metrics_path, record)
         # best.pt is written before checkpoint.pt: a checkpoint never points at a best.pt not yet on disk.

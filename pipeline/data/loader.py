@@ -72,6 +72,20 @@ class GraphLoader:
             self._plan = (self.epoch, plan)
         return self._plan[1]
 
+    def shrink(self, factor: float) -> int:
+        """Lower the node budget by ``factor`` after an out-of-memory step; returns the new budget.
+
+        The floor is the largest single graph: below it no batch can be formed, so reaching it
+        raises MemoryError instead of retrying forever.
+        """
+        largest = int(self.split.nodes_per_graph()[self.indices].max()) if self.num_graphs else 1
+        current = self.max_nodes if self.max_nodes is not None else largest * self.batch_size
+        if current <= largest:
+            raise MemoryError(f"out of memory with a node budget of {current} (one graph of up to {largest} nodes)")
+        self.max_nodes = max(int(current * factor), largest)
+        self._plan = None
+        return self.max_nodes
+
     def __len__(self) -> int:
         return len(self.batches())
 

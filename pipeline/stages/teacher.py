@@ -16,6 +16,7 @@ from torch import nn
 from pipeline import io
 from pipeline.data.cache import GraphBatch, GraphSplit
 from pipeline.data.loader import GraphLoader
+from pipeline.memory import MiB, plan_graph_batches, plan_key
 from pipeline.models.gat import GATWithJK, count_parameters
 from pipeline.stages.evaluate import classification_metrics
 from pipeline.train import Selection, Trainer, predict, seed_everything
@@ -36,16 +37,23 @@ def run(ctx) -> dict[str, Any]:
                  len(train_split), len(val_split), count_parameters(model),
                  None if weights is None else [round(w, 3) for w in weights.tolist()], device)
 
+    loss_fn = cross_entropy_loss(weights.to(device) if weights is not None else None)
+    model.to(device)
+    budget, plan = plan_graph_batches(
+        model, train_split, loss_fn, device, ctx.profile.safety_factor, cfg.batch_size,
+        ctx.dir / "memory_plan.json", plan_key(model, train_split, device, ctx.profile.safety_factor, cfg.batch_size),
+        amp=cfg.amp, log=ctx.log.info)
     trainer = Trainer(
         model,
-        cross_entropy_loss(weights.to(device) if weights is not None else None),
-        GraphLoader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed),
+        loss_fn,
+        GraphLoader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, max_nodes=plan.max_nodes),
         GraphLoader(val_split, cfg.batch_size * 4),
         validate_classifier,
         cfg, ctx.dir, ctx.log,
         device=device,
         selection=Selection("f1", "max", tie_metric="loss", tie_mode="min"),
         resume_key=ctx.fingerprint,
+        memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1)},
     )
     result = trainer.fit()
     return {
@@ -55,6 +63,7 @@ def run(ctx) -> dict[str, Any]:
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "params": count_parameters(model),
+        "batch_plan": {"graphs": plan.graphs, "max_nodes": plan.max_nodes, "reason": plan.reason},
     }
 
 
