@@ -196,7 +196,9 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         weight = 0
         pending = 0
+        # In a batch log (not a terminal) a redraw every 30 s keeps progress visible without flooding it.
         bar = tqdm(total=_length(self.train_loader), desc=f"epoch {epoch}/{self.cfg.epochs}", file=sys.stderr,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0,
                    disable=not self.show_progress, leave=False, dynamic_ncols=True)
         with bar:
             for step, batch in enumerate(self.train_loader, 1):
