@@ -85,6 +85,8 @@ class Resources(_Strict):
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
+    gpu_mem_gb: float | None = Field(None, gt=0)
+    """Memory of one GPU of the kind the stage gets (e.g. 16, 40, 80); `make plan` sizes batches for it."""
     extra: dict[str, str | int] = Field(default_factory=dict)
     """Extra sbatch options, e.g. {constraint: a100}."""
 

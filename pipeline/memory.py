@@ -393,13 +393,16 @@ def plan_graph_batches(
     *,
     teacher: torch.nn.Module | None = None,
     target_gb: float | None = None,
+    target_device: str | None = None,
     amp: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[MemoryBudget, BatchPlan]:
     """Measure (or reuse) the activation cost of ``model`` on ``split`` and size its batches.
 
     The plan is cached at ``plan_path`` under ``key`` (model, data shape, device), so a resumed
-    job and later stages reuse it instead of probing again.
+    job and later stages reuse it instead of probing again. ``target_device``/``target_gb`` plan
+    for a device other than the one probed on (preflight on a CPU login node for a GPU job):
+    live tensor bytes are the same on both, only the fixed overheads differ.
     """
     cached = load_plan(plan_path, key)
     if cached is not None:
@@ -425,8 +428,9 @@ def plan_graph_batches(
     torch.set_rng_state(rng_state)   # probing must not shift the training RNG stream
     model.zero_grad(set_to_none=True)
     mem = device_memory(device, target_gb)
-    budget = MemoryBudget(device=str(device), total=mem.total, total_source=mem.source, safety_factor=safety_factor,
-                          fixed=fixed_overhead(device, mem.total), static=static_costs(model, teacher=teacher),
+    target = torch.device(target_device) if target_device else device
+    budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source, safety_factor=safety_factor,
+                          fixed=fixed_overhead(target, mem.total), static=static_costs(model, teacher=teacher),
                           activation=fit)
     # Size by the 95th percentile graph, not the mean: batches are filled to a node budget, and
     # edge-dense windows (flooding) must still fit.

@@ -30,8 +30,7 @@ def run(ctx) -> dict[str, Any]:
     device = ctx.device
 
     seed_everything(cfg.seed)
-    model = GATWithJK(num_ids=len(manifest["vocab"]) + 1, node_features=train_split.num_node_features,
-                      edge_features=train_split.num_edge_features, **ctx.profile.model.model_dump())
+    model = build_model(ctx.profile, manifest, train_split)
     weights = class_weights(train_split.y) if cfg.class_weighting else None
     ctx.log.info("teacher: %d train / %d val graphs, %d parameters, class weights %s on %s",
                  len(train_split), len(val_split), count_parameters(model),
@@ -65,6 +64,12 @@ def run(ctx) -> dict[str, Any]:
         "params": count_parameters(model),
         "batch_plan": {"graphs": plan.graphs, "max_nodes": plan.max_nodes, "reason": plan.reason},
     }
+
+
+def build_model(profile, manifest: dict[str, Any], split: GraphSplit) -> GATWithJK:
+    """The teacher for a cache: vocabulary and feature widths from the data, dims from the profile."""
+    return GATWithJK(num_ids=len(manifest["vocab"]) + 1, node_features=split.num_node_features,
+                     edge_features=split.num_edge_features, **profile.model.model_dump())
 
 
 def open_split(cache_dir: Path, manifest: dict[str, Any], name: str) -> GraphSplit:
