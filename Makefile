@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jobs dry-run --profile local --data-root data $(OVERRIDES)
+	$(PY) -m jobs dry-run --profile local $(OVERRIDES)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,70 @@
+"""python -m jobs {submit,dry-run,status,resume}: launch a profile's chain, watch it, finish it.
+
+Exit codes: 0 success, 1 a stage failed, 2 something to fix before launching (bad profile,
+no sbatch, not a run directory), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.config import ProfileError
+
+from jobs import launch, status
+from jobs.errors import LaunchError, StageFailed
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{submit,dry-run,status,resume}")
+
+    def overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-O", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a profile key, e.g. -O train.epochs=3 (repeatable)")
+
+    p = sub.add_parser("submit", help="queue the profile's chain on SLURM (afterok dependencies)")
+    p.add_argument("--profile", required=True, help="profile name (profiles/<name>.yaml) or YAML path")
+    p.add_argument("--seeds", type=int, default=1, help="one run per seed: train.seed, train.seed+1, ...")
+    p.add_argument("--runs-root", help="where run directories go (default: runs/)")
+    overrides(p)
+
+    p = sub.add_parser("dry-run", help="the same chain through submitit's local executor, stage by stage, "
+                                         "on the profile's dry_run slice (-O dry_run.limit_rows=null for all rows)")
+    p.add_argument("--profile", required=True, help="profile name (profiles/<name>.yaml) or YAML path")
+    p.add_argument("--runs-root", help="where run directories go (default: runs/)")
+    overrides(p)
+
+    p = sub.add_parser("status", help="table of a run's stages: state, job, elapsed, peak memory, log")
+    p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>")
+
+    p = sub.add_parser("resume", help="launch only the stages of a run that are not done")
+    p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>")
+    overrides(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "submit":
+            launch.submit(args.profile, args.overrides, seeds=args.seeds, runs_root=args.runs_root)
+        elif args.command == "dry-run":
+            launch.dry_run(args.profile, args.overrides, runs_root=args.runs_root)
+        elif args.command == "status":
+            print(status.status_report(args.run))
+        elif args.command == "resume":
+            launch.resume(args.run, args.overrides)
+    except (LaunchError, StageFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (ProfileError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finish later with: make resume RUN=<run dir printed above>", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""What the launch layer asks SLURM directly: is it there, what happened to a job (sacct), cancel.
+
+Parsing is kept apart from calling, so tests feed sample ``sacct`` output to the parsers.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Iterable
+
+from jobs.errors import LaunchError
+
+SACCT_FORMAT = "JobID,State,Elapsed,MaxRSS"
+
+# sacct states, by what they mean for a stage.
+PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"})
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "RESIZING", "SIGNALING", "STAGE_OUT"})
+INTERRUPTED_STATES = frozenset({"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"})
+ACTIVE_STATES = PENDING_STATES | RUNNING_STATES
+
+
+@dataclass(frozen=True)
+class SacctJob:
+    """One job as sacct reports it, with its steps folded in."""
+
+    job_id: str
+    state: str
+    """Normalised state, e.g. CANCELLED for 'CANCELLED by 1000'."""
+    raw_state: str
+    elapsed_s: float | None
+    max_rss_mb: float | None
+    """Largest MaxRSS over the job's steps (the job line itself carries none)."""
+
+
+def missing_commands(commands: Iterable[str] = ("sbatch", "srun")) -> list[str]:
+    """SLURM commands not on PATH (submitit needs srun inside the batch script, sbatch to submit)."""
+    return [cmd for cmd in commands if shutil.which(cmd) is None]
+
+
+def require_slurm(profile_hint: str = "local") -> None:
+    """Stop with a clear error (exit 2) when this machine cannot submit to SLURM."""
+    missing = missing_commands()
+    if missing:
+        raise LaunchError(
+            f"{' and '.join(missing)} not on PATH: this machine cannot submit to SLURM. "
+            f"Run the same chain here with the local executor: make dry-run PROFILE={profile_hint}"
+        )
+
+
+def normalise_state(raw: str) -> str:
+    """'CANCELLED by 1000' -> 'CANCELLED'; 'RUNNING' -> 'RUNNING'."""
+    return raw.strip().split(" ", 1)[0].rstrip("+").upper() if raw.strip() else "UNKNOWN"
+
+
+def parse_elapsed(text: str) -> float | None:
+    """sacct elapsed '[D-]HH:MM:SS', 'MM:SS' or 'MM:SS.mmm' -> seconds."""
+    text = text.strip()
+    if not text or text.upper() in {"UNKNOWN", "INVALID"}:
+        return None
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+    parts = [float(p) for p in text.split(":")]
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return days * 86400 + seconds
+
+
+_RSS = re.compile(r"^(?P<num>\d+(?:\.\d+)?)(?P<unit>[KMGTP]?)$", re.IGNORECASE)
+_RSS_TO_MB = {"": 1 / 1024**2, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2, "P": 1024.0**3}
+
+
+def parse_rss_mb(text: str) -> float | None:
+    """sacct MaxRSS ('123456K', '2.5G', '0', '') -> MiB; a bare number is bytes."""
+    match = _RSS.match(text.strip())
+    if not match:
+        return None
+    return float(match["num"]) * _RSS_TO_MB[match["unit"].upper()]
+
+
+def parse_sacct(text: str) -> dict[str, SacctJob]:
+    """Output of ``sacct -j IDS --format=JobID,State,Elapsed,MaxRSS -P -n`` -> job id -> SacctJob.
+
+    Step lines (``123.batch``, ``123.0``, ``123.extern``) contribute their MaxRSS to their job;
+    the state and elapsed time come from the job line. When a requeued job appears more than once,
+    the last line wins (sacct lists the newest last). A step killed for memory makes the job
+    OUT_OF_MEMORY even though SLURM marks the job itself FAILED (the batch script saw srun fail).
+    """
+    jobs: dict[str, dict] = {}
+    rss: dict[str, float] = {}
+    oom_steps: dict[str, str] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 4:
+            continue
+        job_field, state, elapsed, max_rss = (f.strip() for f in fields[:4])
+        main_id, _, step = job_field.partition(".")
+        step_rss = parse_rss_mb(max_rss)
+        if step_rss is not None:
+            rss[main_id] = max(rss.get(main_id, 0.0), step_rss)
+        if not step:
+            jobs[main_id] = {"raw_state": state, "elapsed_s": parse_elapsed(elapsed)}
+        elif normalise_state(state) == "OUT_OF_MEMORY":
+            oom_steps[main_id] = job_field
+    return {job_id: _job(job_id, info, rss.get(job_id), oom_steps.get(job_id)) for job_id, info in jobs.items()}
+
+
+def _job(job_id: str, info: dict, rss_mb: float | None, oom_step: str | None) -> SacctJob:
+    state, raw = normalise_state(info["raw_state"]), info["raw_state"]
+    if oom_step and state in ("FAILED", "OUT_OF_MEMORY", "CANCELLED"):
+        state, raw = "OUT_OF_MEMORY", f"{raw} (step {oom_step} OUT_OF_MEMORY)"
+    return SacctJob(job_id=job_id, state=state, raw_state=raw, elapsed_s=info["elapsed_s"],
+                    max_rss_mb=round(rss_mb, 1) if rss_mb else None)
+
+
+def query_sacct(job_ids: Iterable[str], timeout_s: float = 30) -> dict[str, SacctJob] | None:
+    """What sacct knows about ``job_ids``; None when sacct is missing or fails (then say so)."""
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids or shutil.which("sacct") is None:
+        return None
+    cmd = ["sacct", "-j", ",".join(ids), f"--format={SACCT_FORMAT}", "-P", "-n"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return parse_sacct(out)
+
+
+def cancel(job_ids: Iterable[str]) -> list[str]:
+    """scancel the given jobs; returns those that could not be cancelled (best effort)."""
+    failed = []
+    for job_id in job_ids:
+        try:
+            subprocess.run(["scancel", str(job_id)], capture_output=True, timeout=30, check=True)
+        except (subprocess.SubprocessError, OSError):
+            failed.append(str(job_id))
+    return failed

@@ -1,0 +1,67 @@
+"""The callable every submitted job runs: one stage of one run, requeued on timeout or preemption.
+
+On SLURM's warning signal (USR2, ``signal_delay_s`` before the limit, or on preemption)
+submitit calls :meth:`StageJob.checkpoint`, pickles what it returns and requeues the job. The
+requeued job calls ``run_stage`` again: a finished stage is skipped by its done marker, a
+training stage picks up from the ``checkpoint.pt`` its loop writes after every epoch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from pipeline.runner import run_stage
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """Runs ``pipeline.runner.run_stage(run_dir, stage, overrides)`` inside a job.
+
+    Holds no state of its own beyond the cpu count, so the resubmitted copy is the same job:
+    all progress lives in the run directory.
+    """
+
+    def __init__(self, cpus: int | None = None) -> None:
+        self.cpus = cpus
+        """CPUs the stage asked for; sets the thread pools when SLURM does not say."""
+
+    def __call__(self, run_dir: str, stage: str, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+        limit_threads(self.cpus)
+        return run_stage(run_dir, stage, tuple(overrides))
+
+    def checkpoint(self, run_dir: str, stage: str, overrides: tuple[str, ...] = ()) -> submitit.helpers.DelayedSubmission:
+        """Resubmit the same call; the stage resumes from its own files, so nothing is carried over.
+
+        The training loop has already saved its last finished epoch; a half epoch is not saved
+        on purpose (it would not replay identically), so nothing needs flushing here.
+        """
+        logging.getLogger(f"pipeline.{stage}").warning(
+            "stage %s interrupted by the scheduler; requeueing, it resumes from %s",
+            stage, _active_training_checkpoint() or "its start",
+        )
+        return submitit.helpers.DelayedSubmission(StageJob(self.cpus), run_dir, stage, tuple(overrides))
+
+
+def _active_training_checkpoint() -> Path | None:
+    """The checkpoint of the training loop running in this process, if any (never imports torch)."""
+    train = sys.modules.get("pipeline.train")
+    return train.checkpoint_active() if train is not None else None
+
+
+def limit_threads(cpus: int | None) -> None:
+    """Size BLAS/OpenMP pools to the job's CPUs before torch starts, unless the user set them.
+
+    Without this, torch starts one thread per core of the node and jobs sharing a node slow each
+    other down.
+    """
+    n = os.environ.get("SLURM_CPUS_PER_TASK") or (str(cpus) if cpus else None)
+    if not n:
+        return
+    for var in _THREAD_VARS:
+        os.environ.setdefault(var, n)

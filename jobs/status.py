@@ -1,0 +1,216 @@
+"""python -m jobs status --run RUN: one line per stage with its state, job, elapsed time and peak memory.
+
+Three sources, each for what only it knows:
+
+- done.json, checked against ``fingerprint_for``: is the stage done with the current inputs;
+- <stage>/status.json, written by the stage itself: running, failed (with the error), interrupted;
+- sacct, when present: what the scheduler did, including to jobs that never got to write
+  status.json (pending, cancelled because an upstream stage failed, killed for memory, timed out).
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.runs import RunDir
+
+from jobs import slurm
+from jobs.errors import LaunchError
+from jobs.records import launched_with, latest_records
+from jobs.selection import DoneState, chain_dependencies, done_states
+from jobs.slurm import SacctJob
+from jobs.table import format_table
+
+STATES = ("pending", "running", "done", "stale", "failed", "interrupted", "cancelled", "out_of_memory")
+_KILLED = ("out_of_memory", "cancelled", "interrupted")
+
+
+@dataclass(frozen=True)
+class StageRow:
+    stage: str
+    state: str
+    """One of STATES."""
+    job_id: str | None
+    elapsed_s: float | None
+    peak_mb: float | None
+    detail: str
+    log: str | None
+
+
+def resolve_state(
+    stage: str,
+    done: DoneState,
+    status: dict[str, Any],
+    job: SacctJob | None,
+    submitted: bool,
+    alive: bool | None = None,
+) -> tuple[str, str]:
+    """(state, detail) of one stage. A verified done marker wins; then the scheduler's account of
+    the newest job (it alone knows about kills); then what the stage wrote itself."""
+    if done == "done":
+        return "done", ""
+    if job is not None:
+        from_queue = _state_from_sacct(stage, job, status)
+        if from_queue is not None:
+            return from_queue
+    if done == "stale":
+        return "stale", "done.json is from other inputs; resume reruns it"
+    own = status.get("state")
+    if own == "running":
+        if alive is False:
+            return "interrupted", f"process {status.get('pid')} is gone without a result"
+        return "running", ""
+    if own in ("failed", "interrupted"):
+        return own, status.get("error") or ""
+    if own == "done":
+        return "stale", "done.json missing; resume reruns it"
+    if submitted:
+        return "pending", "submitted, not started"
+    return "pending", "not submitted"
+
+
+def _state_from_sacct(stage: str, job: SacctJob, status: dict[str, Any]) -> tuple[str, str] | None:
+    if job.state in slurm.PENDING_STATES:
+        return "pending", f"queued ({job.raw_state})"
+    if job.state in slurm.RUNNING_STATES:
+        return "running", ""
+    if job.state == "OUT_OF_MEMORY":
+        return "out_of_memory", f"killed by SLURM for memory; raise resources.{stage}.mem_gb"
+    if job.state == "CANCELLED":
+        return "cancelled", job.raw_state
+    if job.state in slurm.INTERRUPTED_STATES:
+        return "interrupted", f"{job.raw_state}; resume restarts it from its last checkpoint"
+    if job.state == "FAILED":
+        return "failed", status.get("error") or "job failed before the stage recorded an error; see the log"
+    return None  # COMPLETED without a verified marker, or unknown: the run directory decides
+
+
+def process_alive(status: dict[str, Any]) -> bool | None:
+    """Is the stage's process still there? Known only on the host that ran it."""
+    pid = status.get("pid")
+    if not pid or status.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stage_rows(run: RunDir, stages: list[str], done: dict[str, DoneState], records: dict[str, dict[str, Any]],
+               sacct: dict[str, SacctJob] | None, now: float | None = None) -> list[StageRow]:
+    now = time.time() if now is None else now
+    needs = chain_dependencies(stages)
+    rows: list[StageRow] = []
+    for stage in stages:
+        record = records.get(stage, {})
+        job_id = record.get("job_id")
+        job = (sacct or {}).get(job_id) if job_id else None
+        status = run.read_status(stage)
+        state, detail = resolve_state(stage, done.get(stage), status, job, bool(record), process_alive(status))
+        upstream = [r for r in rows if r.stage in needs[stage]]
+        if state == "out_of_memory":
+            detail = _oom_advice(run, stage, record)
+        elif state == "cancelled":
+            detail = _why_cancelled(detail, upstream)
+        elif state == "stale" and any(r.state != "done" for r in upstream):
+            waiting = ", ".join(r.stage for r in upstream if r.state != "done")
+            detail = f"upstream {waiting} is not done; resume reruns it after"
+        rows.append(StageRow(
+            stage=stage, state=state, job_id=job_id,
+            elapsed_s=_elapsed(state, status, run.done_record(stage) if state == "done" else None, job, now),
+            peak_mb=_peak(status, job),
+            detail=detail,
+            log=_log(run, stage, record, state),
+        ))
+    return rows
+
+
+def _oom_advice(run: RunDir, stage: str, record: dict[str, Any]) -> str:
+    """Killed for memory: say what it had and the command that gives it more."""
+    asked = (record.get("resources") or {}).get("mem_gb")
+    more = f"{math.ceil(2 * asked)}" if asked else "<GB>"
+    had = f"{asked:g}G was not enough; " if asked else ""
+    return f"{had}make resume RUN={run.path} O=resources.{stage}.mem_gb={more}"
+
+
+def _why_cancelled(detail: str, upstream: list[StageRow]) -> str:
+    """SLURM cancels dependants of a failed job (kill-on-invalid-dep); say which one it was."""
+    failed = [r.stage for r in upstream if r.state in ("failed", "cancelled", "out_of_memory", "interrupted")]
+    if failed:
+        return f"{detail}: upstream {', '.join(failed)} did not succeed; resume relaunches both"
+    return detail
+
+
+def _elapsed(state: str, status: dict[str, Any], done_record: dict | None, job: SacctJob | None, now: float) -> float | None:
+    if state == "pending":
+        return None
+    if done_record and done_record.get("elapsed_s") is not None:
+        return float(done_record["elapsed_s"])
+    if job is not None and job.elapsed_s is not None:
+        return job.elapsed_s
+    started, ended = status.get("started"), status.get("ended")
+    if started and ended:
+        return float(ended) - float(started)
+    if started and state == "running":
+        return now - float(started)
+    return None
+
+
+def _peak(status: dict[str, Any], job: SacctJob | None) -> float | None:
+    if job is not None and job.max_rss_mb:
+        return job.max_rss_mb
+    return status.get("peak_rss_mb")
+
+
+def _log(run: RunDir, stage: str, record: dict[str, Any], state: str) -> str | None:
+    """The stage's own log; the job's stderr when the stage never started or the scheduler killed it
+    (only there does SLURM say why, e.g. 'oom-kill event')."""
+    own = run.path / stage / "log"
+    if state in _KILLED or not (own.exists() and own.stat().st_size):
+        return record.get("stderr") or (str(own) if own.exists() else None)
+    return str(own)
+
+
+def format_rows(rows: list[StageRow]) -> str:
+    return format_table(
+        ("stage", "state", "job", "elapsed", "peak mem", "log", "detail"),
+        [(r.stage, r.state, r.job_id, _hms(r.elapsed_s), _mem(r.peak_mb), r.log, r.detail or None) for r in rows],
+    )
+
+
+def _hms(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _mem(mb: float | None) -> str | None:
+    if mb is None:
+        return None
+    return f"{mb / 1024:.1f}G" if mb >= 1024 else f"{mb:.0f}M"
+
+
+def status_report(run_path: str | os.PathLike) -> str:
+    """The text ``python -m jobs status`` prints."""
+    run = RunDir(run_path)
+    if not run.profile_path.exists():
+        raise LaunchError(f"{run.path} is not a run directory (no profile.yaml); runs are runs/<profile>/<run_id>")
+    profile = run.profile()
+    records = latest_records(run)
+    executor = launched_with(run) or "not launched through jobs/"
+    sacct = slurm.query_sacct(r["job_id"] for r in records.values()) if executor == "slurm" else None
+    rows = stage_rows(run, list(profile.stages), done_states(run, profile), records, sacct)
+    lines = [f"run {run.path} (profile {profile.name}, executor {executor})", format_rows(rows)]
+    if executor == "slurm" and sacct is None:
+        lines.append("note: sacct gave no answer; states come from the stages' own files, so a job the "
+                     "scheduler killed shows its last written state")
+    return "\n".join(lines)
+
