@@ -10,7 +10,7 @@ SEEDS ?= 1
 O ?=
 OVERRIDES := $(foreach o,$(O),-O $(o))
 
-.PHONY: help venv demo test test-fast dry-run submit status resume plan bench clean-cache
+.PHONY: help venv demo test dry-run submit status resume plan bench clean-cache slurm-up slurm-down slurm-status test-slurm
 
 help:
 	@echo "make demo                     run preprocess -> teacher -> evaluate on data/sample via submitit's local executor"
@@ -19,7 +19,10 @@ help:
 	@echo "make submit PROFILE=set_01    submit the chain to SLURM (afterok dependencies)"
 	@echo "make status RUN=runs/...      table of stages: state, job id, elapsed, peak memory"
 	@echo "make resume RUN=runs/...      resubmit only stages that are not done"
+	@echo "make plan PROFILE=set_01      memory budget and batch plan for the profile's target device"
 	@echo "make bench                    benchmark table in bench/results/"
+	@echo "make slurm-up / slurm-down    start/stop the local single-node SLURM cluster (root; installs it if missing)"
+	@echo "make test-slurm               only the tests that need the local SLURM cluster"
 
 venv: $(STAMP)
 
@@ -34,8 +37,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m jobs dry-run --profile local $(OVERRIDES)
 
-test: $(STAMP)
+# The SLURM tests run against a real local cluster; starting it is idempotent.
+test: $(STAMP) slurm-up
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slurm: $(STAMP) slurm-up
+	$(PY) -m pytest -q -m slurm $(PYTEST_ARGS)
+
+slurm-up:
+	bash scripts/local-slurm.sh start
+
+slurm-down:
+	bash scripts/local-slurm.sh stop
+
+slurm-status:
+	bash scripts/local-slurm.sh status
 
 dry-run: $(STAMP)
 	$(PY) -m jobs dry-run --profile $(PROFILE) $(OVERRIDES)
@@ -50,6 +66,9 @@ status: $(STAMP)
 resume: $(STAMP)
 	@test -n "$(RUN)" || { echo "usage: make resume RUN=runs/<profile>/<run_id>"; exit 2; }
 	$(PY) -m jobs resume --run $(RUN) $(OVERRIDES)
+
+plan: $(STAMP)
+	$(PY) -m jobs plan --profile $(PROFILE) $(OVERRIDES)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
