@@ -1,4 +1,4 @@
-"""python -m jobs {submit,dry-run,status,resume}: launch a profile's chain, watch it, finish it.
+"""python -m jobs {submit,dry-run,status,resume,plan}: launch a profile's chain, watch it, finish it.
 
 Exit codes: 0 success, 1 a stage failed, 2 something to fix before launching (bad profile,
 no sbatch, not a run directory), 130 interrupted.
@@ -16,7 +16,7 @@ from jobs.errors import LaunchError, StageFailed
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{submit,dry-run,status,resume}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{submit,dry-run,status,resume,plan}")
 
     def overrides(p: argparse.ArgumentParser) -> None:
         p.add_argument("-O", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="launch only the stages of a run that are not done")
     p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>")
     overrides(p)
+
+    p = sub.add_parser("plan", help="memory budget and batch plan of each training stage for the profile's "
+                                      "target device (resources.<stage>.gpu_mem_gb), without submitting")
+    p.add_argument("--profile", required=True, help="profile name (profiles/<name>.yaml) or YAML path")
+    overrides(p)
     return parser
 
 
@@ -54,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             print(status.status_report(args.run))
         elif args.command == "resume":
             launch.resume(args.run, args.overrides)
+        elif args.command == "plan":
+            from pipeline.config import load_profile
+            from pipeline.preflight import preflight, render
+
+            profile = load_profile(args.profile, args.overrides)
+            print(render(profile, preflight(profile)))
     except (LaunchError, StageFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
