@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.run`` runs the registered ones and writes bench/results/."""
