@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline import io
@@ -111,31 +112,35 @@ class GraphSplit:
         return self.edge_ptr[1:] - self.edge_ptr[:-1]
 
     def collate(self, index: torch.Tensor) -> GraphBatch:
-        """Gather graphs ``index`` into one batch with vectorized offset arithmetic."""
-        index = torch.as_tensor(index, dtype=torch.long)
-        n_start, n_count = self.node_ptr[index], self.node_ptr[index + 1] - self.node_ptr[index]
-        e_start, e_count = self.edge_ptr[index], self.edge_ptr[index + 1] - self.edge_ptr[index]
-        node_rows = _ranges(n_start, n_count)
-        edge_rows = _ranges(e_start, e_count)
-        graph_of_node = torch.repeat_interleave(torch.arange(index.numel()), n_count)
-        new_node_offset = torch.cumsum(n_count, 0) - n_count
-        edge_index = self.t["edge_index"][:, edge_rows].long()
-        edge_index += torch.repeat_interleave(new_node_offset, e_count)
+        """Gather graphs ``index`` into one batch with vectorized offset arithmetic.
+
+        The offset arithmetic runs in numpy: on arrays of a batch's size, torch's per-op (and
+        intra-op thread wake-up) overhead would cost more than the gathers themselves.
+        """
+        index = np.asarray(torch.as_tensor(index, dtype=torch.long))
+        node_ptr, edge_ptr = self.node_ptr.numpy(), self.edge_ptr.numpy()
+        n_start, n_count = node_ptr[index], node_ptr[index + 1] - node_ptr[index]
+        e_start, e_count = edge_ptr[index], edge_ptr[index + 1] - edge_ptr[index]
+        node_rows = torch.from_numpy(_ranges(n_start, n_count))
+        edge_rows = torch.from_numpy(_ranges(e_start, e_count))
+        new_node_offset = np.cumsum(n_count) - n_count
+        edge_index = self.t["edge_index"].index_select(1, edge_rows).long()
+        edge_index += torch.from_numpy(np.repeat(new_node_offset, e_count))
         return GraphBatch(
-            x=self.t["x"][node_rows],
-            node_id=self.t["node_id"][node_rows],
+            x=self.t["x"].index_select(0, node_rows),
+            node_id=self.t["node_id"].index_select(0, node_rows),
             edge_index=edge_index,
-            edge_attr=self.t["edge_attr"][edge_rows],
-            y=self.y[index].long(),
-            batch=graph_of_node,
-            num_graphs=int(index.numel()),
+            edge_attr=self.t["edge_attr"].index_select(0, edge_rows),
+            y=self.y[torch.from_numpy(index)].long(),
+            batch=torch.from_numpy(np.repeat(np.arange(index.size), n_count)),
+            num_graphs=int(index.size),
         )
 
 
-def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of arange(s, s + c) for each (s, c), without a Python loop."""
     total = int(counts.sum())
     if total == 0:
-        return torch.zeros(0, dtype=torch.long)
-    offsets = torch.cumsum(counts, 0) - counts
-    return torch.arange(total) - torch.repeat_interleave(offsets - starts, counts)
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.cumsum(counts) - counts
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - offsets, counts)
