@@ -16,7 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = PROJECT_ROOT / "profiles"
 DEFAULTS_FILE = PROFILES_DIR / "defaults.yaml"
 DATA_ROOT_ENV = "PIPELINE_DATA_ROOT"
-KNOWN_STAGES = ("preprocess", "autoencoder", "teacher", "student", "curriculum", "embed", "export", "evaluate")
+KNOWN_STAGES = ("preprocess", "autoencoder", "teacher", "student", "curriculum", "export", "evaluate")
 
 
 class ProfileError(ValueError):
@@ -120,6 +120,8 @@ class DryRunConfig(_Strict):
 
 class Profile(_Strict):
     name: str
+    task: Literal["can", "kg"] = "can"
+    """Workload: CAN intrusion detection (window graphs) or knowledge-graph embeddings."""
     data_root: str = "../shared/data"
     """Root that data.dataset resolves against; PIPELINE_DATA_ROOT overrides the file."""
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"

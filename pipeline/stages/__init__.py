@@ -1,5 +1,9 @@
 """Stages: one file each, one entry function ``run(ctx) -> dict`` each.
 
+``needs`` lists every stage a stage can read from; a profile's chain keeps the ones it runs
+(``chain_needs``), so the CAN chain (preprocess, autoencoder, teacher, student, curriculum,
+evaluate) and the knowledge-graph chain (preprocess, teacher, student, export) share the registry.
+
 The registry names each stage's module and the stages it reads from. Modules are imported
 only when the stage runs, so status and planning never pay for torch imports they don't need.
 """
@@ -26,8 +30,12 @@ STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
         StageSpec("preprocess", ()),
+        StageSpec("autoencoder", ("preprocess",), trains=True),
         StageSpec("teacher", ("preprocess",), trains=True),
-        StageSpec("evaluate", ("preprocess", "teacher")),
+        StageSpec("student", ("preprocess", "teacher", "autoencoder"), trains=True),
+        StageSpec("curriculum", ("preprocess", "autoencoder", "teacher"), trains=True),
+        StageSpec("export", ("preprocess", "autoencoder", "teacher", "student")),
+        StageSpec("evaluate", ("preprocess", "autoencoder", "teacher", "student", "curriculum")),
     )
 }
 
