@@ -364,6 +364,8 @@ def _fmt(n: float) -> str:
 
 # -- planning a graph-classification stage --------------------------------------------------
 
+USEFUL_GRAPHS = 16
+"""Below this many graphs per batch the planner tries gradient checkpointing, then warns."""
 PROBE_GRAPHS = (8, 16, 32, 64)
 """Probe batch sizes (graphs); small enough to run on any device, spread enough to fit a line."""
 
@@ -406,6 +408,8 @@ def plan_graph_batches(
     """
     cached = load_plan(plan_path, key)
     if cached is not None:
+        if hasattr(model, "gradient_checkpointing"):
+            model.gradient_checkpointing = cached[1].checkpointing
         log(f"memory plan reused from {plan_path}: {cached[1].graphs} graphs / {cached[1].max_nodes} nodes per batch")
         return cached
     nodes, edges = split.nodes_per_graph().double(), split.edges_per_graph().double()
@@ -422,23 +426,41 @@ def plan_graph_batches(
             loss, _ = loss_fn(model, batch)
         loss.backward()
 
-    rng_state = torch.get_rng_state()
-    fit = measure_activation_cost(run_step, make_batch, [g for g in PROBE_GRAPHS if g <= max(len(split), 2)] or [1, 2],
-                                  device, count=lambda b: (b.num_nodes, b.num_edges))
-    torch.set_rng_state(rng_state)   # probing must not shift the training RNG stream
-    model.zero_grad(set_to_none=True)
+    sizes = [g for g in PROBE_GRAPHS if g <= max(len(split), 2)] or [1, 2]
     mem = device_memory(device, target_gb)
     target = torch.device(target_device) if target_device else device
-    budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source, safety_factor=safety_factor,
-                          fixed=fixed_overhead(target, mem.total), static=static_costs(model, teacher=teacher),
-                          activation=fit)
-    # Size by the 95th percentile graph, not the mean: batches are filled to a node budget, and
-    # edge-dense windows (flooding) must still fit.
-    plan = plan_batches(budget, float(nodes.quantile(0.95)), float(edges.quantile(0.95)), max_graphs=max_graphs)
+
+    def measure_and_plan(checkpointing: bool) -> tuple[MemoryBudget, BatchPlan]:
+        if hasattr(model, "gradient_checkpointing"):
+            model.gradient_checkpointing = checkpointing
+        rng_state = torch.get_rng_state()
+        fit = measure_activation_cost(run_step, make_batch, sizes, device, count=lambda b: (b.num_nodes, b.num_edges))
+        torch.set_rng_state(rng_state)   # probing must not shift the training RNG stream
+        model.zero_grad(set_to_none=True)
+        fit.mode = "measured, gradient checkpointing" if checkpointing else "measured"
+        budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source,
+                              safety_factor=safety_factor, fixed=fixed_overhead(target, mem.total),
+                              static=static_costs(model, teacher=teacher), activation=fit)
+        # Size by the 95th percentile graph, not the mean: batches are filled to a node budget,
+        # and edge-dense windows (flooding) must still fit.
+        plan = plan_batches(budget, float(nodes.quantile(0.95)), float(edges.quantile(0.95)), max_graphs=max_graphs)
+        plan.checkpointing = checkpointing
+        return budget, plan
+
+    budget, plan = measure_and_plan(False)
+    useful = min(USEFUL_GRAPHS, max_graphs)
+    if plan.graphs < useful and hasattr(model, "gradient_checkpointing"):
+        log(f"plan of {plan.graphs} graphs per batch is below {useful}; measuring with gradient checkpointing")
+        with_ckpt = measure_and_plan(True)
+        if with_ckpt[1].graphs > plan.graphs:
+            budget, plan = with_ckpt
+        else:
+            model.gradient_checkpointing = False
     save_plan(plan_path, budget, plan, key)
     log(f"memory budget:\n{budget.table()}\nplan: {plan.graphs} graphs, <= {plan.max_nodes} nodes per batch "
         f"({plan.reason}; predicted peak {_fmt(plan.predicted_bytes)})")
-    if plan.graphs < min(8, max_graphs):
-        log(f"warning: the plan allows only {plan.graphs} graphs per batch; levers: raise safety_factor, "
+    if plan.graphs < min(USEFUL_GRAPHS, max_graphs):
+        log(f"warning: the plan allows only {plan.graphs} graphs per batch"
+            f"{' even with gradient checkpointing' if plan.checkpointing else ''}; levers: raise safety_factor, "
             "lower model.hidden / model.heads, request more memory, or offload the teacher")
     return budget, plan

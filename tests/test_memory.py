@@ -125,3 +125,60 @@ def test_plan_round_trips_through_run_dir(tmp_path):
     loaded = memory.load_plan(tmp_path / "plan.json", key="k1")
     assert loaded is not None and loaded[1] == plan and loaded[0].activation.points[0].peak_bytes == 3
     assert memory.load_plan(tmp_path / "plan.json", key="other") is None
+
+
+# -- planning a real model -----------------------------------------------------------
+
+def _gat_and_split(layers=3):
+    from pipeline.data.cache import GraphSplit
+    from pipeline.models.gat import GATWithJK
+    from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split
+
+    torch.manual_seed(0)
+    split = GraphSplit(synthetic_split(200, seed=3))
+    model = GATWithJK(num_ids=len(VOCAB) + 1, node_features=len(NODE_FEATURES), edge_features=len(EDGE_FEATURES),
+                      hidden=16, heads=4, layers=layers, dropout=0.0)
+    return model, split
+
+
+def _ce(model, batch):
+    logits = model(batch)
+    return torch.nn.functional.cross_entropy(logits, batch.y), logits
+
+
+def test_gradient_checkpointing_keeps_gradients_and_saves_memory():
+    model, split = _gat_and_split(layers=4)
+    batch = split.collate(torch.arange(64))
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        _ce(model, batch)[0].backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain_peak = memory.measure_step_peak(grads, torch.device("cpu"))
+    plain = grads()
+    model.gradient_checkpointing = True
+    ckpt_peak = memory.measure_step_peak(grads, torch.device("cpu"))
+    for a, b in zip(plain, grads()):
+        torch.testing.assert_close(a, b)
+    assert ckpt_peak < 0.8 * plain_peak
+
+
+def test_planner_turns_on_checkpointing_when_the_plan_is_too_small(tmp_path):
+    model, split = _gat_and_split(layers=4)
+    plan_args = dict(model=model, split=split, loss_fn=_ce, device=torch.device("cpu"), safety_factor=0.9,
+                     max_graphs=10_000, log=lambda m: None)
+    _, roomy = memory.plan_graph_batches(**plan_args, plan_path=tmp_path / "a.json", key="a", target_gb=1.0)
+    assert not roomy.checkpointing and not model.gradient_checkpointing
+    # a budget with room for about 8 graphs without recomputation (below USEFUL_GRAPHS)
+    per_graph = roomy.predicted_bytes / roomy.graphs
+    static = sum(v for k, v in memory.static_costs(model).items() if not k.startswith("of which"))
+    tight_gb = (8 * per_graph + static) / (0.9 - memory.FRAGMENTATION) / 2**30
+    budget, tight = memory.plan_graph_batches(**plan_args, plan_path=tmp_path / "b.json", key="b", target_gb=tight_gb)
+    assert tight.checkpointing and model.gradient_checkpointing
+    assert tight.graphs > 9      # recomputing the layers buys room for more graphs in the same budget
+    assert "gradient checkpointing" in budget.activation.mode
+    # the cached plan restores the switch on the model
+    model.gradient_checkpointing = False
+    memory.plan_graph_batches(**plan_args, plan_path=tmp_path / "b.json", key="b", target_gb=tight_gb)
+    assert model.gradient_checkpointing

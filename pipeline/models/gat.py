@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import GATConv, JumpingKnowledge, global_max_pool, global_mean_pool
 
 from pipeline.data.cache import GraphBatch
@@ -54,6 +55,9 @@ class GATWithJK(nn.Module):
                     edge_dim=edge_features if edge_features > 0 else None)
             for _ in range(layers)
         )
+        self.gradient_checkpointing = False
+        """Recompute each message-passing layer in backward instead of keeping its activations
+        (set by the memory planner when a batch would otherwise be too small)."""
         self.jk = JumpingKnowledge("cat")
         self.embedding_dim = 2 * width * layers
         """Width of ``embed``: mean and max pooling of the concatenated layer outputs."""
@@ -69,12 +73,20 @@ class GATWithJK(nn.Module):
         h = torch.cat([self.id_embed(batch.node_id), batch.x], dim=-1)
         h = nn.functional.elu(self.input(h))
         edge_attr = batch.edge_attr if self.model_kwargs["edge_features"] > 0 else None
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         per_layer = []
         for conv in self.convs:
-            h = nn.functional.dropout(h, p=self.dropout, training=self.training)
-            h = nn.functional.elu(conv(h, batch.edge_index, edge_attr))
+            if recompute:
+                h = checkpoint(self._layer, conv, h, batch.edge_index, edge_attr, use_reentrant=False)
+            else:
+                h = self._layer(conv, h, batch.edge_index, edge_attr)
             per_layer.append(h)
         return self.jk(per_layer)
+
+    def _layer(self, conv: GATConv, h: torch.Tensor, edge_index: torch.Tensor,
+               edge_attr: torch.Tensor | None) -> torch.Tensor:
+        h = nn.functional.dropout(h, p=self.dropout, training=self.training)
+        return nn.functional.elu(conv(h, edge_index, edge_attr))
 
     def embed(self, batch: GraphBatch) -> torch.Tensor:
         """Pooled graph embedding [G, embedding_dim]; what later stages export and distil on."""
