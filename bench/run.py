@@ -22,6 +22,7 @@ BENCHMARKS: list[str] = [
     "bench.data_bench:preprocess_throughput",
     "bench.data_bench:cache_open",
     "bench.data_bench:collate_speed",
+    "bench.memory_bench:gat_memory_accuracy",
 ]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = ("benchmark", "metric", "value", "target", "ok")

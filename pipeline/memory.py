@@ -300,25 +300,32 @@ def fixed_overhead(device: torch.device, total: int) -> dict[str, int]:
 
 
 def plan_batches(budget: MemoryBudget, nodes_per_graph: float, edges_per_graph: float,
-                 max_graphs: int | None = None) -> BatchPlan:
-    """Largest graph count whose predicted activation memory fits; node/edge limits scale with it."""
+                 max_graphs: int | None = None, edges_per_node: float | None = None) -> BatchPlan:
+    """The node budget per batch whose predicted activation memory fits, and its graph count.
+
+    Batches are filled to a node budget, so the bound that matters is per node: its own cost plus
+    the cost of the edges a node can bring. ``edges_per_node`` (the densest graph's ratio) keeps a
+    batch of small, edge-dense graphs within budget; by default the ratio of the given sizes.
+    """
     usable = budget.usable_for_activations - budget.activation.base
-    per_graph = budget.activation.per_node * nodes_per_graph + budget.activation.per_edge * edges_per_graph
     if usable <= 0:
         raise MemoryError(
             f"static memory ({_fmt(budget.static_total + budget.fixed_total)}) exceeds the budget "
             f"({_fmt(budget.total * budget.safety_factor)}): lower hidden dims, offload the teacher, "
             "or request more memory"
         )
-    graphs = max(1, int(usable // max(per_graph, 1.0)))
+    ratio = edges_per_node if edges_per_node is not None else edges_per_graph / max(nodes_per_graph, 1e-9)
+    per_node = budget.activation.per_node + budget.activation.per_edge * ratio
+    max_nodes = int(usable // max(per_node, 1.0))
+    graphs = max(1, int(max_nodes // max(nodes_per_graph, 1.0)))
     reason = "memory budget"
     if max_graphs is not None and graphs > max_graphs:
         graphs, reason = max_graphs, "capped by train.batch_size"
-    nodes = int(graphs * nodes_per_graph)
-    edges = int(graphs * edges_per_graph)
-    predicted = int(budget.activation.predict(nodes, edges))
-    return BatchPlan(max_nodes=max(nodes, 1), max_edges=max(edges, 1), graphs=graphs,
-                     predicted_bytes=predicted, reason=reason)
+        max_nodes = int(graphs * nodes_per_graph)
+    max_nodes = max(max_nodes, 1)
+    max_edges = max(int(max_nodes * ratio), 1)
+    predicted = int(budget.activation.predict(max_nodes, max_edges))
+    return BatchPlan(max_nodes=max_nodes, max_edges=max_edges, graphs=graphs, predicted_bytes=predicted, reason=reason)
 
 
 def save_plan(path: str | os.PathLike, budget: MemoryBudget, plan: BatchPlan, key: str) -> None:
@@ -413,6 +420,7 @@ def plan_graph_batches(
         log(f"memory plan reused from {plan_path}: {cached[1].graphs} graphs / {cached[1].max_nodes} nodes per batch")
         return cached
     nodes, edges = split.nodes_per_graph().double(), split.edges_per_graph().double()
+    densest = float((edges / nodes.clamp_min(1)).max()) if len(split) else 1.0
     gen = torch.Generator().manual_seed(0)
 
     def make_batch(n: int):
@@ -441,9 +449,10 @@ def plan_graph_batches(
         budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source,
                               safety_factor=safety_factor, fixed=fixed_overhead(target, mem.total),
                               static=static_costs(model, teacher=teacher), activation=fit)
-        # Size by the 95th percentile graph, not the mean: batches are filled to a node budget,
-        # and edge-dense windows (flooding) must still fit.
-        plan = plan_batches(budget, float(nodes.quantile(0.95)), float(edges.quantile(0.95)), max_graphs=max_graphs)
+        # Graph counts use the 95th-percentile graph; the node budget assumes the densest graph's
+        # edges per node, so a batch of edge-dense windows (flooding) still fits.
+        plan = plan_batches(budget, float(nodes.quantile(0.95)), float(edges.quantile(0.95)), max_graphs=max_graphs,
+                            edges_per_node=densest)
         plan.checkpointing = checkpointing
         return budget, plan
 

@@ -69,7 +69,9 @@ def test_plan_fills_usable_memory():
     plan = plan_batches(b, nodes_per_graph=20, edges_per_graph=100)   # 3000 B per graph
     assert plan.graphs == 1333
     assert plan.predicted_bytes <= b.usable_for_activations
-    assert plan.max_nodes == 1333 * 20 and plan.reason == "memory budget"
+    assert plan.max_nodes == 4_000_000 // 150 and plan.reason == "memory budget"   # 100 + 10 * 5 edges/node
+    dense = plan_batches(b, 20, 100, edges_per_node=10)        # denser graphs exist: fewer nodes fit
+    assert dense.max_nodes == 4_000_000 // 200 and dense.predicted_bytes <= b.usable_for_activations
     capped = plan_batches(b, 20, 100, max_graphs=64)
     assert capped.graphs == 64 and "batch_size" in capped.reason
 
