@@ -2,6 +2,10 @@
 
 It checks that upstream stages are done, skips a stage whose done marker matches its inputs,
 records status (state, host, job id, timings, peak memory, error) and writes the done marker.
+
+A training stage started as several processes (WORLD_SIZE > 1, see ``pipeline.distributed``)
+runs on every rank inside one process group; only rank 0 writes status.json, done.json and the
+stage log, the others log to their own stderr.
 """
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import resource
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 from pipeline.config import Profile
 from pipeline.runs import RunDir, stage_fingerprint
@@ -65,37 +70,64 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
     run = RunDir(run_dir)
     profile = run.profile(overrides)
     stage_dir = run.stage_dir(stage)
-    log = _stage_logger(stage, stage_dir / "log")
+    rank, world = _launched_rank()
+    log = _stage_logger(stage, stage_dir / "log", rank)
+    if world > 1 and not STAGES[stage].trains:
+        raise StageError(f"stage {stage!r} does not train, so it runs as one process, but it was started as "
+                         f"{world}; drop resources.{stage}.nodes/tasks_per_node from the profile")
     upstream = upstream_records(run, profile, stage)
     fingerprint = fingerprint_for(run, profile, stage)
     if not force and run.is_done(stage, fingerprint):
         log.info("stage %s already done with the same inputs (%s); nothing to do", stage, fingerprint)
         return run.done_record(stage) or {}
 
-    if force:
+    main = rank == 0
+    if force and main:
         clear_stage_outputs(stage_dir)
     started = time.time()
     job_id = os.environ.get("SLURM_JOB_ID")
-    run.write_status(stage, state="running", started=started, ended=None, job_id=job_id, pid=os.getpid(),
-                     error=None, log=str(stage_dir / "log"))
+    if main:
+        run.write_status(stage, state="running", started=started, ended=None, job_id=job_id, pid=os.getpid(),
+                         error=None, log=str(stage_dir / "log"), **({"ranks": world} if world > 1 else {}))
     ctx = StageContext(profile=profile, run=run, stage=stage, dir=stage_dir, log=log,
                        fingerprint=fingerprint, upstream=upstream)
     log.info("stage %s starting in %s (job %s)", stage, run.path, job_id or "-")
     try:
-        summary = STAGES[stage].entry()(ctx) or {}
+        with _process_group(ctx, world):
+            summary = STAGES[stage].entry()(ctx) or {}
     except BaseException as exc:
         # A preemption/timeout signal is not a failure: submitit requeues the job.
         state = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-        run.write_status(stage, state=state, ended=time.time(), peak_rss_mb=peak_rss_mb(),
-                         error=f"{type(exc).__name__}: {exc}")
+        if main:
+            run.write_status(stage, state=state, ended=time.time(), peak_rss_mb=peak_rss_mb(),
+                             error=f"{type(exc).__name__}: {exc}")
         log.error("stage %s %s: %s\n%s", stage, state, exc, traceback.format_exc())
         raise
     ended = time.time()
     summary = {**summary, "elapsed_s": round(ended - started, 3), "peak_rss_mb": peak_rss_mb()}
+    if not main:
+        return summary
     run.mark_done(stage, fingerprint, summary)
     run.write_status(stage, state="done", ended=ended, peak_rss_mb=summary["peak_rss_mb"], error=None)
     log.info("stage %s done in %.1fs", stage, ended - started)
     return run.done_record(stage) or summary
+
+
+def _launched_rank() -> tuple[int, int]:
+    """(rank, world size) the launcher gave this process (torch's env:// variables; 0, 1 when alone)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    rank = os.environ.get("RANK", "0")
+    return (int(rank) if rank.isdigit() else 0), (int(world) if world.isdigit() else 1)
+
+
+def _process_group(ctx: StageContext, world: int) -> ContextManager:
+    """A process group around a stage started as several ranks; the rank files are written after it
+    is torn down, so every rank has finished its part (the group's last collective) by then."""
+    if world <= 1:
+        return nullcontext()
+    from pipeline import distributed   # imports torch: only for stages that run data-parallel
+
+    return distributed.process_group(ctx.device, ctx.log)
 
 
 KEEP_ON_FORCE = {"log", "status.json"}
@@ -116,15 +148,18 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _stage_logger(stage: str, path: Path) -> logging.Logger:
+def _stage_logger(stage: str, path: Path, rank: int = 0) -> logging.Logger:
+    """The stage's logger: to <stage>/log and stderr on rank 0, to stderr only (marked) on other ranks."""
     log = logging.getLogger(f"pipeline.{stage}")
     log.setLevel(logging.INFO)
     log.propagate = False
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
-    for handler in (logging.FileHandler(path), logging.StreamHandler(sys.stderr)):
+    fmt = logging.Formatter(f"%(asctime)s %(name)s{f' [rank {rank}]' if rank else ''} %(levelname)s %(message)s")
+    handlers = (logging.FileHandler(path), logging.StreamHandler(sys.stderr)) if rank == 0 else (
+        logging.StreamHandler(sys.stderr),)
+    for handler in handlers:
         handler.setFormatter(fmt)
         log.addHandler(handler)
     return log

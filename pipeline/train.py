@@ -14,6 +14,15 @@ Resume is exact: the shuffle order is a function of (seed, epoch) and every RNG 
 so a job killed mid-epoch and re-run from checkpoint.pt ends with the same weights as one that
 never stopped. A checkpoint is only resumed if it was written for the same ``resume_key``
 (the stage passes its input fingerprint), so a changed profile starts afresh.
+
+Data-parallel: when the stage runs in a process group of W ranks (``pipeline.distributed``), the
+loop wraps the model in ``DistributedDataParallel`` and shards the train loader's epoch, so one
+optimizer step of W ranks covers the W consecutive batches that one process with
+``grad_accum = W`` accumulates, with the same averaged gradient. ``loss_fn`` then receives the DDP
+wrapper: it must call ``model(batch)`` (the forward) for gradients to be synchronised. Losses
+are summed over ranks, rank 0 validates and broadcasts the metrics (so every rank takes the same
+early-stopping decision), and only rank 0 writes checkpoint.pt, best.pt and metrics.jsonl; the
+checkpoint holds every rank's RNG state, so resume stays exact at the same world size.
 """
 from __future__ import annotations
 
@@ -37,7 +46,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import io, memory
+from pipeline import distributed, io, memory
 from pipeline.config import TrainConfig
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Any]]
@@ -135,10 +144,14 @@ class Trainer:
         resume_key: str = "",
         progress: bool = True,
         memory_plan: dict[str, float] | None = None,
+        find_unused_parameters: bool = False,
     ):
         configure_threads(cfg.threads)
-        self.device = torch.device(device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.device = distributed.rank_device(torch.device(device))
         self.model = model.to(self.device)
+        self.train_model = self._data_parallel(self.model, train_loader, find_unused_parameters)
+        """What ``loss_fn`` gets in training: the model, or its DistributedDataParallel wrapper."""
         self.loss_fn = loss_fn
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -149,13 +162,25 @@ class Trainer:
         self.log = log
         self.selection = selection
         self.resume_key = resume_key
-        self.show_progress = progress
+        self.show_progress = progress and self.rank == 0
         self.memory_plan = memory_plan or {}
         """Planned batch memory and device total (MB), logged beside each epoch's measured peak."""
         self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.state = _Progress()
+
+    def _data_parallel(self, model: nn.Module, train_loader: Iterable, find_unused: bool) -> nn.Module:
+        """Wrap for DDP and shard the loader when there is more than one rank; else the model as is."""
+        if self.world_size == 1:
+            return model
+        if not hasattr(train_loader, "shard"):
+            raise TypeError(f"{self.dir.name}: {type(train_loader).__name__} cannot be split across "
+                            f"{self.world_size} ranks (it has no shard(rank, world) method); run this stage "
+                            "on one GPU (resources.<stage>.gpus=1, nodes=1) or give the loader a shard method")
+        train_loader.shard(self.rank, self.world_size)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
     # -- paths ---------------------------------------------------------
     @property
@@ -174,13 +199,23 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
 
-    def train_step(self, batch: Any) -> torch.Tensor:
-        """Forward and backward of one micro-batch; returns the detached loss (no host sync)."""
+    def train_step(self, batch: Any, weight: float = 1.0) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns the detached loss (no host sync).
+
+        ``weight`` 0 marks a padding batch of a data-parallel epoch: it runs (every rank must take
+        part in each gradient all-reduce) but adds nothing to the gradient.
+        """
         batch = _to(batch, self.device)
         with self.autocast():
-            loss, _ = self.loss_fn(self.model, batch)
-        self.scaler.scale(loss / self.cfg.grad_accum).backward()
+            loss, _ = self.loss_fn(self.train_model, batch)
+        self.scaler.scale(loss * (weight / self.cfg.grad_accum)).backward()
         return loss.detach()
+
+    def _grad_sync(self, sync: bool):
+        """DDP all-reduces gradients on every backward; between optimizer steps that is wasted."""
+        if sync or not isinstance(self.train_model, nn.parallel.DistributedDataParallel):
+            return nullcontext()
+        return self.train_model.no_sync()
 
     def optimizer_step(self) -> None:
         self.scaler.step(self.optimizer)
@@ -196,14 +231,18 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         weight = 0
         pending = 0
+        steps = _length(self.train_loader)
+        weights = self.train_loader.batch_weights() if self.world_size > 1 else None
         # In a batch log (not a terminal) a redraw every 30 s keeps progress visible without flooding it.
-        bar = tqdm(total=_length(self.train_loader), desc=f"epoch {epoch}/{self.cfg.epochs}", file=sys.stderr,
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.cfg.epochs}", file=sys.stderr,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0,
                    disable=not self.show_progress, leave=False, dynamic_ncols=True)
         with bar:
             for step, batch in enumerate(self.train_loader, 1):
-                n = int(getattr(batch, "num_graphs", 1))
-                loss = self.train_step(batch)
+                w = weights[step - 1] if weights is not None else 1.0
+                n = int(getattr(batch, "num_graphs", 1)) if w else 0
+                with self._grad_sync(pending + 1 == self.cfg.grad_accum or step == steps):
+                    loss = self.train_step(batch, w) if w != 1.0 else self.train_step(batch)
                 total += loss.float() * n
                 weight += n
                 pending += 1
@@ -216,6 +255,10 @@ class Trainer:
                                     refresh=False)
             if pending:
                 self.optimizer_step()
+        if self.world_size > 1:
+            summed = distributed.all_reduce_sum(torch.stack([total.double(), torch.tensor(float(weight), dtype=torch.float64,
+                                                                                          device=self.device)]))
+            total, weight = summed[0], int(summed[1].item())
         mean = float(total) / max(weight, 1)
         if not math.isfinite(mean):
             raise FloatingPointError(
@@ -228,13 +271,18 @@ class Trainer:
         Retrying the whole epoch (not the step) keeps resume exact: the epoch's batches are a
         function of the loader budget, which the checkpoint records.
         """
-        can_shrink = hasattr(self.train_loader, "shrink")
+        # One rank cannot retry an epoch alone: the others are waiting in a gradient all-reduce.
+        can_shrink = hasattr(self.train_loader, "shrink") and self.world_size == 1
         start = copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                                "rng": rng_state()}) if can_shrink else None
         while True:
             try:
                 return self.train_epoch(epoch)
             except Exception as exc:
+                if self.world_size > 1 and memory.is_out_of_memory(exc):
+                    raise MemoryError(f"{self.dir.name}: out of memory on rank {self.rank} of {self.world_size} "
+                                      "(no batch back-off in data-parallel training); lower train.batch_size or "
+                                      f"safety_factor, or request GPUs with more memory (error: {exc})") from exc
                 if not (can_shrink and memory.is_out_of_memory(exc)):
                     raise
                 memory.free_device_memory(self.device)
@@ -253,18 +301,25 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Metrics of validate_fn; with several ranks rank 0 computes them and every rank gets its copy."""
         self.model.eval()
-        with self.autocast():
-            metrics = self.validate_fn(self.model, self.val_loader)
-        missing = [k for k in self.selection.required() if k not in metrics]
-        if missing:
-            raise KeyError(f"validate_fn returned {sorted(metrics)}; the selection metric(s) "
-                           f"{missing} are not among them")
-        return {k: float(v) for k, v in metrics.items()}
+        metrics: dict[str, float] | None = None
+        if self.rank == 0:
+            with self.autocast():
+                metrics = self.validate_fn(self.model, self.val_loader)
+            missing = [k for k in self.selection.required() if k not in metrics]
+            if missing:
+                raise KeyError(f"validate_fn returned {sorted(metrics)}; the selection metric(s) "
+                               f"{missing} are not among them")
+            metrics = {k: float(v) for k, v in metrics.items()}
+        return distributed.broadcast_object(metrics)
 
     # -- state -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """What checkpoint.pt holds; with several ranks a collective (every rank's RNG is gathered)."""
         s = self.state
+        rng = rng_state()
+        extra = {"world_size": self.world_size, "rng_by_rank": distributed.gather_objects(rng)} if self.world_size > 1 else {}
         return {
             "resume_key": self.resume_key,
             "epoch": s.epoch,
@@ -277,8 +332,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng,
             "loader_max_nodes": getattr(self.train_loader, "max_nodes", None),
+            **extra,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -286,7 +342,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(self._own_rng(state))
         if state.get("loader_max_nodes") is not None and hasattr(self.train_loader, "max_nodes"):
             self.train_loader.max_nodes = state["loader_max_nodes"]   # keep a plan shrunk after OOM
         self.state = _Progress(
@@ -295,7 +351,19 @@ class Trainer:
             finished=state["finished"], stopped_early=state["stopped_early"],
         )
 
+    def _own_rng(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's RNG state from a checkpoint; a different world size cannot resume bit-exactly."""
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            self.log.warning("%s was written by %d rank(s) and resumes on %d: the remaining epochs split their "
+                             "batches differently from an uninterrupted run", self.checkpoint_path.name,
+                             saved_world, self.world_size)
+        by_rank = state.get("rng_by_rank") or []
+        return by_rank[self.rank] if self.rank < len(by_rank) else state["rng"]
+
     def save_best(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
         cls = type(self.model)
         io.torch_save({
             "model_class": f"{cls.__module__}:{cls.__qualname__}",
@@ -339,6 +407,7 @@ class Trainer:
         started = time.perf_counter()
         train_loss = self._train_epoch_with_backoff(epoch)
         val = self.validate()
+        peak = distributed.all_reduce_max(peak_memory_mb(self.device), self.device)
         s = self.state
         value = val[self.selection.metric]
         improved = self.selection.better(val, s.best_metrics if s.best_epoch else None)
@@ -353,13 +422,17 @@ class Trainer:
         record = {
             "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved,
             "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
-            "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+            "peak_mem_mb": round(peak, 1),
             "mem_kind": "cuda_allocated" if self.device.type == "cuda" else "rss",
             **self.memory_plan,
+            **({"ranks": self.world_size} if self.world_size > 1 else {}),
         }
+        checkpoint = self.state_dict()
+        if self.rank != 0:
+            return
         io.append_jsonl(self.metrics_path, record)
         # best.pt is written before checkpoint.pt: a checkpoint never points at a best.pt not yet on disk.
-        io.torch_save(self.state_dict(), self.checkpoint_path)
+        io.torch_save(checkpoint, self.checkpoint_path)
         self.log.info("epoch %d/%d train_loss %.4f val %s%s (%.1fs, peak %.0f MB)", epoch, self.cfg.epochs,
                       train_loss, _fmt(val), " (best)" if improved else "", record["seconds"], record["peak_mem_mb"])
         if s.stopped_early:
@@ -367,19 +440,33 @@ class Trainer:
                           self.selection.metric, s.bad_epochs, s.best_epoch, self.selection.metric, s.best_metric)
 
     def _resume_or_start(self) -> None:
+        state = None
         if self.checkpoint_path.exists():
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        distributed.barrier()  # every rank has read it before rank 0 may delete it below
+        if state is not None:
             if state.get("resume_key") == self.resume_key:
                 self.load_state_dict(state)
-                _trim_metrics(self.metrics_path, self.state.epoch)
+                if self.rank == 0:
+                    _trim_metrics(self.metrics_path, self.state.epoch)
                 self.log.info("resuming from %s after epoch %d (best epoch %d)", self.checkpoint_path,
                               self.state.epoch, self.state.best_epoch)
+                self._same_batches_on_every_rank()
                 return
             self.log.info("ignoring %s: written for other inputs (%s != %s); starting afresh",
                           self.checkpoint_path, state.get("resume_key"), self.resume_key)
-        for path in (self.checkpoint_path, self.best_path, self.metrics_path):
-            path.unlink(missing_ok=True)
-        seed_everything(self.cfg.seed)
+        if self.rank == 0:
+            for path in (self.checkpoint_path, self.best_path, self.metrics_path):
+                path.unlink(missing_ok=True)
+        # Rank 0 draws what one process would; the others get streams of their own (dropout masks).
+        seed_everything(self.cfg.seed + self.rank)
+        self._same_batches_on_every_rank()
+
+    def _same_batches_on_every_rank(self) -> None:
+        """Rank 0's node budget everywhere: ranks measuring slightly different memory plans would
+        cut the epoch into different batch counts and wait for each other forever."""
+        if self.world_size > 1 and hasattr(self.train_loader, "max_nodes"):
+            self.train_loader.max_nodes = distributed.broadcast_object(self.train_loader.max_nodes)
 
 
 # -- model files ----------------------------------------------------------------
@@ -446,7 +533,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state((n["name"], n["key"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

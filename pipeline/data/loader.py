@@ -3,6 +3,10 @@
 The loader only decides *which* graphs go together; ``GraphSplit.collate`` gathers them with
 offset arithmetic. Shuffling is a pure function of (seed, epoch), so a job resumed at epoch k
 sees exactly the batches an uninterrupted job would have seen, with no sampler state to save.
+
+Data-parallel training shards the epoch, not the data: every rank computes the same batches of the
+whole epoch and keeps its share of them (``shard``), so the split stays a function of (seed, epoch)
+and every rank has the same number of steps.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.data.cache import GraphBatch, GraphSplit
+from pipeline.distributed import shard_positions
 
 
 class GraphLoader:
@@ -39,11 +44,28 @@ class GraphLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.max_nodes = max_nodes
         self.indices = (torch.arange(len(split)) if indices is None
                         else torch.as_tensor(indices, dtype=torch.long))
         self.epoch = 0
+        self.rank, self.world = 0, 1
         self._plan: tuple[int, list[torch.Tensor]] | None = None
+        self._max_nodes = max_nodes
+
+    @property
+    def max_nodes(self) -> int | None:
+        """Node budget per batch (None: graphs only); setting it re-plans the epoch's batches."""
+        return self._max_nodes
+
+    @max_nodes.setter
+    def max_nodes(self, value: int | None) -> None:
+        self._max_nodes = value
+        self._plan = None
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only rank ``rank``'s share of each epoch's batches (see ``shard_positions``)."""
+        shard_positions(0, rank, world)  # validates rank and world
+        self.rank, self.world = rank, world
+        self._plan = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order of ``epoch`` (call before iterating, as with DistributedSampler)."""
@@ -61,7 +83,20 @@ class GraphLoader:
         return self.indices[torch.from_numpy(rng.permutation(self.num_graphs))]
 
     def batches(self) -> list[torch.Tensor]:
-        """This epoch's index batches (cached per epoch: ``len`` and iteration agree)."""
+        """This rank's index batches of the epoch (all of them unless sharded)."""
+        plan = self.global_batches()
+        if self.world == 1:
+            return plan
+        return [plan[pos] for pos, _ in shard_positions(len(plan), self.rank, self.world)]
+
+    def batch_weights(self) -> list[float]:
+        """Per batch of ``batches``: 1.0, or 0.0 for padding that only keeps ranks in step."""
+        if self.world == 1:
+            return [1.0] * len(self.global_batches())
+        return [0.0 if pad else 1.0 for _, pad in shard_positions(len(self.global_batches()), self.rank, self.world)]
+
+    def global_batches(self) -> list[torch.Tensor]:
+        """This epoch's index batches over all ranks (cached per epoch: ``len`` and iteration agree)."""
         if self._plan is None or self._plan[0] != self.epoch:
             order = self.order()
             if self.max_nodes is None:
@@ -83,7 +118,6 @@ class GraphLoader:
         if current <= largest:
             raise MemoryError(f"out of memory with a node budget of {current} (one graph of up to {largest} nodes)")
         self.max_nodes = max(int(current * factor), largest)
-        self._plan = None
         return self.max_nodes
 
     def __len__(self) -> int:

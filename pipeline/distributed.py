@@ -1,0 +1,169 @@
+"""Data-parallel training across processes: process group set-up from the environment, rank helpers
+and the few collectives the training loop needs.
+
+Whoever starts the processes (submitit's ``TorchDistributedEnvironment`` in a multi-task job, or
+``torchrun``) exports torch's ``env://`` variables: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT. This module reads only those, so the library does not care how it was launched.
+With WORLD_SIZE unset or 1 every helper is a no-op and a single process runs exactly as before.
+
+Backends: NCCL when the stage trains on CUDA, gloo on the CPU (and on MPS, which has no
+collective backend of its own).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import os
+from typing import Any, Iterator, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+INIT_TIMEOUT_S = 600
+"""How long a rank waits for the others (start-up and every collective) before it fails.
+
+A rank that dies takes the job down anyway (SLURM's KillOnBadExit, or submitit's local
+controller); the timeout only bounds a rank that hangs.
+"""
+
+
+def requested_world_size() -> int:
+    """Processes the launcher started for this job (WORLD_SIZE), 1 when it says nothing."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def is_active() -> bool:
+    """A process group of more than one rank is initialised in this process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_active() else 0
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", 0) if is_active() else 0
+
+
+def is_main() -> bool:
+    """Rank 0, the only process that writes run files (checkpoints, metrics, done markers)."""
+    return rank() == 0
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device, log: logging.Logger | None = None) -> Iterator[bool]:
+    """Join the launcher's process group for the duration of a stage; yields whether one was joined.
+
+    Without WORLD_SIZE > 1 nothing happens. On CUDA each rank is pinned to GPU ``LOCAL_RANK`` first,
+    so ``torch.device("cuda")`` means this rank's GPU everywhere in the stage.
+    """
+    world = requested_world_size()
+    if world <= 1 or is_active():
+        yield False
+        return
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the stage through "
+                           "`python -m jobs` (submitit exports them) or torchrun")
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        local = _env_int("LOCAL_RANK", 0)
+        if local >= gpus:
+            raise RuntimeError(f"rank with LOCAL_RANK={local} sees only {gpus} GPU(s): request one GPU per rank "
+                               "(resources.<stage>.gpus = tasks_per_node)")
+        torch.cuda.set_device(local)
+    backend = backend_for(device)
+    dist.init_process_group(backend=backend, init_method="env://", world_size=world,
+                            rank=_env_int("RANK", 0), timeout=dt.timedelta(seconds=INIT_TIMEOUT_S))
+    if log is not None:
+        log.info("data-parallel: rank %d of %d (%s, master %s:%s)", dist.get_rank(), world, backend,
+                 os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+    try:
+        yield True
+        dist.barrier()  # no rank leaves (and rank 0 writes no done marker) before every rank has finished
+    finally:
+        dist.destroy_process_group()
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """``device`` with this rank's GPU index made explicit (DDP needs the index)."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+# -- collectives (identity in a single process) ---------------------------------------------------
+
+def barrier() -> None:
+    if is_active():
+        dist.barrier()
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s ``obj`` on every rank, so decisions taken from it are the same everywhere."""
+    if not is_active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not is_active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place and returned (a copy is not needed: callers own the tensor)."""
+    if is_active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    if not is_active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+# -- splitting an epoch ----------------------------------------------------------------------------
+
+def shard_positions(num_batches: int, rank: int, world: int) -> list[tuple[int, bool]]:
+    """This rank's batches of an epoch of ``num_batches``: (position in the epoch, is padding).
+
+    Rank r takes positions r, r + world, r + 2 world, ... so one optimizer step of W ranks covers
+    the same W consecutive batches that one process with ``grad_accum = W`` accumulates. Every rank
+    gets ``ceil(num_batches / world)`` batches (collectives need equal counts); the missing ones are
+    earlier batches repeated as padding, which the loop weighs 0.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world}")
+    per_rank = math.ceil(num_batches / world) if num_batches else 0
+    out = []
+    for k in range(per_rank):
+        pos = k * world + rank
+        out.append((pos, False) if pos < num_batches else (pos % num_batches, True))
+    return out
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip().isdigit() else default
