@@ -80,6 +80,11 @@ class TrainConfig(_Strict):
 class Resources(_Strict):
     mem_gb: float | None = Field(None, gt=0)
     gpus: int | None = Field(None, ge=0)
+    """GPUs per node; a training stage with more than one runs data-parallel, one rank per GPU."""
+    nodes: int | None = Field(None, ge=1)
+    """Nodes of a training stage (default 1); more than one runs it data-parallel across them."""
+    tasks_per_node: int | None = Field(None, ge=1)
+    """Ranks per node of a training stage: defaults to ``gpus`` (one per GPU), else 1; set it for CPU ranks (gloo)."""
     cpus: int | None = Field(None, ge=1)
     time_min: int | None = Field(None, ge=1)
     partition: str | None = None
