@@ -59,6 +59,86 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
 
 
+def _small_student() -> "ModelConfig":
+    return ModelConfig(hidden=8, heads=4, layers=2, id_embed_dim=8, mlp_hidden=32, dropout=0.1)
+
+
+class VGAEConfig(_Strict):
+    """A variational graph autoencoder over window graphs (the anomaly-score teacher and its student)."""
+
+    hidden: int = Field(32, ge=1)
+    """Hidden channels per attention head of the GAT encoder."""
+    heads: int = Field(4, ge=1)
+    layers: int = Field(2, ge=1)
+    latent_dim: int = Field(16, ge=1)
+    """Width of each node's latent (mean and log-std heads)."""
+    id_embed_dim: int = Field(16, ge=1)
+    """Width of the CAN-id embedding; the id decoder is tied to it (no vocabulary-sized output layer)."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    kl_weight: float = Field(0.1, ge=0)
+    """Weight of the KL term (per node) against the reconstruction losses."""
+    feature_weight: float = Field(1.0, ge=0)
+    """Weight of node-feature reconstruction (MSE) in the loss and the anomaly score."""
+    id_weight: float = Field(1.0, ge=0)
+    """Weight of CAN-id reconstruction (cross-entropy) in the loss and the anomaly score."""
+    structure_weight: float = Field(1.0, ge=0)
+    """Weight of neighbourhood reconstruction (edge BCE) in the loss and the anomaly score."""
+    pair_probes: int = Field(8, ge=1)
+    """Node pairs probed per node by the structure decoder (deterministic, so scores are reproducible)."""
+
+    @model_validator(mode="after")
+    def _some_reconstruction(self) -> "VGAEConfig":
+        if self.feature_weight + self.id_weight + self.structure_weight <= 0:
+            raise ValueError("feature_weight, id_weight and structure_weight are all 0: nothing to reconstruct")
+        return self
+
+
+def _small_vgae() -> VGAEConfig:
+    return VGAEConfig(hidden=8, heads=2, layers=2, latent_dim=8, id_embed_dim=4)
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation of the small students from the teachers (stage ``student``)."""
+
+    temperature: float = Field(4.0, gt=0)
+    """Softmax temperature T of KL(teacher || student) on logits / T (the term is scaled by T^2)."""
+    alpha: float = Field(0.7, ge=0, le=1)
+    """Weight of the distillation term; the hard-label loss gets 1 - alpha (0 = no distillation)."""
+    offload_teacher_to_cpu: bool = True
+    """Keep the teacher on the CPU and move it to the device only for the step that needs it."""
+    use_teacher_cache: bool = True
+    """Compute teacher outputs once into an mmap cache beside the graph cache instead of every epoch."""
+    train_baseline: bool = True
+    """Also train the same student without distillation (alpha 0), so the gain of KD is measured."""
+    vgae_student: bool = True
+    """Also distil the small VGAE from the autoencoder (when the chain has an autoencoder)."""
+    max_param_ratio: float = Field(0.2, gt=0, le=1)
+    """Largest student/teacher parameter ratio the stage accepts without a warning."""
+
+
+class CurriculumConfig(_Strict):
+    """Easy-to-hard ordering of the normal training graphs by VGAE reconstruction error."""
+
+    pacing: Literal["linear", "root", "geometric", "step"] = "root"
+    """How the admitted share of normal graphs grows from start_fraction to end_fraction."""
+    start_fraction: float = Field(0.3, gt=0, le=1)
+    """Share of normal graphs (the easiest) admitted in the first epoch; attacks are always all in."""
+    end_fraction: float = Field(1.0, gt=0, le=1)
+    """Share of normal graphs admitted once the ramp is over."""
+    ramp_fraction: float = Field(0.5, gt=0, le=1)
+    """Share of train.epochs over which the admitted share rises."""
+    steps: int = Field(4, ge=1)
+    """Number of increments for the step pacing."""
+    distill: bool = True
+    """Distil from the GAT teacher as the student stage does (distill.temperature/alpha)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "CurriculumConfig":
+        if self.start_fraction > self.end_fraction:
+            raise ValueError("start_fraction must not exceed end_fraction (the curriculum only admits graphs)")
+        return self
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -106,6 +186,97 @@ class Resources(_Strict):
         return Resources(**merged)
 
 
+class KGNetConfig(_Strict):
+    """One knowledge-graph encoder (the teacher or the student)."""
+
+    kind: Literal["hgt", "sage"] = "hgt"
+    """HGT (heterogeneous attention) or GraphSAGE (one SAGEConv per message type, summed)."""
+    hidden: int = Field(256, ge=1)
+    """Width of the learnable node embeddings and of every message-passing layer."""
+    out: int = Field(512, ge=1)
+    """Width of the exported embedding (a per-type linear head after the last layer)."""
+    heads: int = Field(8, ge=1)
+    """Attention heads (HGT only); hidden and out must be divisible by it."""
+    layers: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _divisible_by_heads(self) -> "KGNetConfig":
+        if self.kind == "hgt" and (self.hidden % self.heads or self.out % self.heads):
+            raise ValueError(f"hidden ({self.hidden}) and out ({self.out}) must be divisible by heads ({self.heads})")
+        return self
+
+
+def _kg_student() -> KGNetConfig:
+    return KGNetConfig(kind="sage", hidden=64, out=128, heads=4, layers=2)
+
+
+class KGModelConfig(_Strict):
+    """Encoders of the knowledge-graph chain: the teacher and the student distilled from it."""
+
+    teacher: KGNetConfig = Field(default_factory=KGNetConfig)
+    student: KGNetConfig = Field(default_factory=_kg_student)
+
+
+class KGConfig(_Strict):
+    """Knowledge-graph workload (task: kg): input, held-out edges, sampling, losses, export, report."""
+
+    file: str = "kg.csv"
+    """Edge file inside data.dataset (or an absolute path): PrimeKG kg.csv or a typed edge list (CSV/TSV)."""
+    layout: Literal["auto", "primekg", "edge_list"] = "auto"
+    """primekg: the 12-column kg.csv; edge_list: src_type,src_id,relation,dst_type,dst_id; auto: by header."""
+    include_node_types: list[str] | None = None
+    """Keep only edges whose two endpoints are of these node types (None: all)."""
+    limit_nodes: int | None = Field(None, ge=2)
+    """Keep only the most connected nodes (and the edges among them); None keeps all."""
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    """Share of each edge type held out for model selection (early stopping)."""
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of each edge type held out for the export report (link-prediction AUC and MRR)."""
+    holdout_max: int | None = Field(10_000, ge=1)
+    """Cap on held-out edges per edge type and split."""
+    split_seed: int = 0
+    fanouts: list[int] = Field(default_factory=lambda: [10, 5])
+    """Sampled neighbours per node and message type, per hop (an L-layer model uses the first L)."""
+    neg_ratio: int = Field(1, ge=1)
+    """Negative edges per positive (head or tail corrupted uniformly within its node type)."""
+    contrastive_weight: float = Field(0.0, ge=0)
+    """Weight of an in-batch InfoNCE term added to the link loss (0: off)."""
+    contrastive_temperature: float = Field(0.2, gt=0)
+    max_seed_edges: int = Field(1024, ge=1)
+    """Upper bound on positive edges per step; the memory plan may choose fewer."""
+    steps_per_epoch: int | None = Field(None, ge=1)
+    """Steps per epoch; None: one pass over the train edges."""
+    sampler: Literal["auto", "torch", "pyg"] = "auto"
+    """Neighbour sampler: PyG's (needs pyg-lib or torch-sparse), the pure-torch one, or auto."""
+    val_edges_per_type: int = Field(500, ge=1)
+    """Validation edges per edge type scored after each epoch."""
+    eval_negatives: int = Field(100, ge=1)
+    """Corrupted tails each held-out edge is ranked against (MRR; AUC pools them)."""
+    export_chunk_nodes: int = Field(4096, ge=1)
+    """Destination nodes per chunk of layer-wise inference."""
+    export_chunk_edges: int = Field(262_144, ge=1)
+    """Incoming edges per chunk of layer-wise inference (bounds its peak memory)."""
+    labels_file: str | None = None
+    """CSV node_type,node_id,label inside data.dataset: adds a logistic-regression macro-F1 to the report."""
+    label_test_fraction: float = Field(0.2, gt=0, lt=1)
+    """Test share of the fixed stratified split of labelled nodes."""
+    report_sample: int = Field(2000, ge=10)
+    """Nodes sampled for the similarity and PCA statistics of the report."""
+    collapse_max_cosine: float = Field(0.9, gt=0, le=1)
+    """Export fails if the mean pairwise cosine similarity exceeds this (collapsed embedding)."""
+    collapse_min_components: int = Field(5, ge=1)
+    """Export fails if fewer PCA components than this explain 90% of the variance."""
+
+    @model_validator(mode="after")
+    def _holdout_leaves_training(self) -> "KGConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1 (no training edges would remain)")
+        if not self.fanouts or min(self.fanouts) < 1:
+            raise ValueError(f"fanouts must be a non-empty list of positive neighbour counts, got {self.fanouts}")
+        return self
+
+
 class DryRunConfig(_Strict):
     """How `make dry-run` slices a profile so the full chain runs on a laptop in minutes."""
 
@@ -136,10 +307,23 @@ class Profile(_Strict):
     stages: list[str] = Field(default_factory=lambda: ["preprocess", "teacher", "evaluate"])
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The GAT teacher."""
+    student_model: ModelConfig = Field(default_factory=_small_student)
+    """The GAT student (stages student and curriculum); at most 1/5 of the teacher's parameters."""
+    vgae: VGAEConfig = Field(default_factory=VGAEConfig)
+    """The VGAE autoencoder teacher (stage autoencoder)."""
+    vgae_student: VGAEConfig = Field(default_factory=_small_vgae)
+    """The small VGAE distilled from it (stage student)."""
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     resources: dict[str, Resources] = Field(default_factory=dict)
     """'default' plus per-stage overrides."""
     dry_run: DryRunConfig = Field(default_factory=DryRunConfig)
+    kg: KGConfig = Field(default_factory=KGConfig)
+    """Knowledge-graph workload settings (task: kg)."""
+    kg_model: KGModelConfig = Field(default_factory=KGModelConfig)
+    """Knowledge-graph teacher and student encoders (task: kg)."""
 
     @field_validator("safety_factor")
     @classmethod
@@ -170,6 +354,14 @@ class Profile(_Strict):
             raise ValueError("data.stride must not exceed data.window (messages would be skipped)")
         return self
 
+    @model_validator(mode="after")
+    def _kg_fanouts_cover_layers(self) -> "Profile":
+        layers = max(self.kg_model.teacher.layers, self.kg_model.student.layers)
+        if self.task == "kg" and len(self.kg.fanouts) < layers:
+            raise ValueError(f"kg.fanouts has {len(self.kg.fanouts)} hop(s) but kg_model uses {layers} layers: "
+                             "give one fanout per layer")
+        return self
+
     # -- derived paths -------------------------------------------------
     @property
     def dataset_path(self) -> Path:
@@ -178,6 +370,11 @@ class Profile(_Strict):
     @property
     def cache_path(self) -> Path:
         return _resolve(self.data.cache_dir, PROJECT_ROOT)
+
+    @property
+    def kg_path(self) -> Path:
+        """The knowledge-graph edge file: kg.file inside data.dataset (or absolute)."""
+        return _resolve(self.kg.file, self.dataset_path)
 
     def resources_for(self, stage: str) -> Resources:
         base = self.resources.get("default", Resources())

@@ -2,14 +2,17 @@
 
 Each test folder is a scenario (known/unknown vehicle x known/unknown attack) and is scored on
 its own, because a mean over scenarios hides exactly the generalisation gap they exist to show.
-The result is a table of (model, split) rows; students and curriculum models add rows by being
-listed in ``CLASSIFIER_STAGES`` once their stages exist.
+The result is a table of (model, split) rows: every classifier an upstream stage names (the
+teacher, the KD student, the same student without KD, the curriculum student) and, below it, every
+anomaly detector (the VGAE and its student: AUROC of the reconstruction error and F1 at the
+threshold chosen on validation). Each model also gets its parameter count and its CPU inference
+latency per 1,000 graphs, so accuracy is read next to what it costs.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from sklearn import metrics as skm
@@ -18,47 +21,135 @@ from torch import nn
 from pipeline import io
 from pipeline.data.cache import GraphSplit
 from pipeline.data.loader import GraphLoader
+from pipeline.inference import cpu_latency_ms_per_1k
 from pipeline.train import load_model, predict
 
 CLASSIFIER_STAGES = ("teacher", "student", "curriculum")
-"""Upstream stages whose done record names a ``best_checkpoint`` of a graph classifier."""
+"""Upstream stages whose done record names a ``best_checkpoint`` of a graph classifier (or, with
+several models, a ``classifiers`` mapping of name -> checkpoint)."""
+DETECTOR_STAGES = ("autoencoder", "student")
+"""Upstream stages whose done record may hold ``anomaly_detectors``: name -> {checkpoint, threshold}."""
 COLUMNS = ("graphs", "attacks", "accuracy", "precision", "recall", "f1", "balanced_accuracy")
+DETECTOR_COLUMNS = ("graphs", "attacks", "auroc", "precision", "recall", "f1", "balanced_accuracy")
+COST_COLUMNS = ("params", "cpu_ms_per_1k")
 
 
 def run(ctx) -> dict[str, Any]:
     cache_dir = Path(ctx.upstream["preprocess"]["cache_dir"])
     manifest = io.read_json(cache_dir / "manifest.json")
-    splits = ["val", *manifest["scenarios"]]
+    splits = {name: GraphSplit.open(cache_dir / manifest["splits"][name]["file"])
+              for name in ["val", *manifest["scenarios"]]}
     batch_size = ctx.profile.train.batch_size * 4
     rows = []
     for name, checkpoint in models_to_score(ctx.upstream).items():
         model = load_model(checkpoint, ctx.device)
-        for split_name in splits:
-            split = GraphSplit.open(cache_dir / manifest["splits"][split_name]["file"])
-            row = {"model": name, "split": split_name, **evaluate_model(model, split, batch_size=batch_size)}
+        cost = model_cost(checkpoint, splits["val"], batch_size, _classify)
+        for split_name, split in splits.items():
+            row = {"model": name, "split": split_name, **evaluate_model(model, split, batch_size=batch_size), **cost}
             ctx.log.info("%s on %s: %d graphs, %d attacks, f1 %.4f, balanced accuracy %.4f", name, split_name,
                          row["graphs"], row["attacks"], row["f1"], row["balanced_accuracy"])
             rows.append(row)
-    io.write_json(ctx.dir / "metrics.json", {"rows": rows, "scenarios": manifest["scenarios"]})
+    detector_rows = []
+    for name, detector in detectors_to_score(ctx.upstream).items():
+        model = load_model(detector["checkpoint"], ctx.device)
+        cost = model_cost(detector["checkpoint"], splits["val"], batch_size, _score)
+        for split_name, split in splits.items():
+            row = {"model": name, "split": split_name, "threshold": detector["threshold"],
+                   **evaluate_detector(model, split, detector["threshold"], batch_size=batch_size), **cost}
+            ctx.log.info("%s on %s: AUROC %.4f, f1 %.4f at threshold %.4g", name, split_name, row["auroc"],
+                         row["f1"], detector["threshold"])
+            detector_rows.append(row)
+    io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows,
+                                             "scenarios": manifest["scenarios"]})
     table = ctx.dir / "metrics.md"
-    io.write_text(table, markdown_table(rows))
+    io.write_text(table, markdown_table(rows) + (detector_table(detector_rows) if detector_rows else ""))
     ctx.log.info("metrics table:\n%s", table.read_text())
     return {
         "metrics_table": str(table),
         "scenarios": {r["split"]: r["f1"] for r in rows if r["model"] == "teacher" and r["split"] != "val"},
+        "f1": _by_model(rows, "f1"),
+        "auroc": _by_model(detector_rows, "auroc"),
+        "models": {r["model"]: {k: r[k] for k in COST_COLUMNS} for r in rows + detector_rows},
     }
 
 
 def models_to_score(upstream: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Model name -> best checkpoint, for every classifier stage this run has finished."""
-    return {stage: upstream[stage]["best_checkpoint"] for stage in CLASSIFIER_STAGES
-            if stage in upstream and upstream[stage].get("best_checkpoint")}
+    models: dict[str, str] = {}
+    for stage in CLASSIFIER_STAGES:
+        record = upstream.get(stage) or {}
+        if record.get("classifiers"):
+            models.update(record["classifiers"])
+        elif record.get("best_checkpoint"):
+            models[stage] = record["best_checkpoint"]
+    return models
+
+
+def detectors_to_score(upstream: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Detector name -> {checkpoint, threshold, ...}, for every finished stage that trained one."""
+    detectors: dict[str, dict[str, Any]] = {}
+    for stage in DETECTOR_STAGES:
+        detectors.update((upstream.get(stage) or {}).get("anomaly_detectors") or {})
+    return detectors
 
 
 def evaluate_model(model: nn.Module, split: GraphSplit, batch_size: int = 256) -> dict[str, Any]:
     """Scores of ``model`` on every graph of ``split``, plus its size and attack count."""
     logits, y = predict(model, GraphLoader(split, batch_size))
     return {"graphs": int(y.numel()), "attacks": int(y.sum()), **classification_metrics(y, logits.argmax(-1))}
+
+
+def evaluate_detector(model: nn.Module, split: GraphSplit, threshold: float, batch_size: int = 256) -> dict[str, Any]:
+    """AUROC of the reconstruction error on ``split``, and the classification scores at ``threshold``."""
+    scores, y = anomaly_scores(model, GraphLoader(split, batch_size))
+    return {"graphs": int(y.numel()), "attacks": int(y.sum()), "auroc": auroc(y, scores),
+            **classification_metrics(y, (scores >= threshold).long())}
+
+
+@torch.no_grad()
+def anomaly_scores(model: nn.Module, loader: Iterable, device: torch.device | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-graph reconstruction error and labels over a loader, gathered on the CPU."""
+    device = device if device is not None else next(model.parameters()).device
+    model.eval()
+    scores, labels = [], []
+    for batch in loader:
+        batch = batch.to(device)
+        scores.append(model.score(batch).float().cpu())
+        labels.append(batch.y.cpu())
+    if not scores:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(scores), torch.cat(labels)
+
+
+def auroc(y: torch.Tensor, scores: torch.Tensor) -> float:
+    """Area under the ROC curve with attack = positive; NaN when a class is missing."""
+    t = y.cpu().numpy()
+    if t.size == 0 or t.min() == t.max():
+        return float("nan")
+    return float(skm.roc_auc_score(t, scores.cpu().numpy()))
+
+
+def model_cost(checkpoint: str, split: GraphSplit, batch_size: int, forward) -> dict[str, Any]:
+    """Parameter count and CPU inference latency per 1,000 graphs (measured on a CPU copy)."""
+    model = load_model(checkpoint, "cpu")
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "cpu_ms_per_1k": round(cpu_latency_ms_per_1k(model, forward, split, batch_size), 2)}
+
+
+def _classify(model: nn.Module, batch) -> torch.Tensor:
+    return model(batch)
+
+
+def _score(model: nn.Module, batch) -> torch.Tensor:
+    return model.score(batch)
+
+
+def _by_model(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        out.setdefault(r["model"], {})[r["split"]] = r[key]
+    return out
 
 
 def classification_metrics(y_true: torch.Tensor, y_pred: torch.Tensor) -> dict[str, Any]:
@@ -82,13 +173,22 @@ def classification_metrics(y_true: torch.Tensor, y_pred: torch.Tensor) -> dict[s
     }
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """One row per (model, split); the confusion matrix as TN/FP/FN/TP."""
-    head = ["model", "split", *COLUMNS, "TN", "FP", "FN", "TP"]
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """One row per (model, split); the confusion matrix as TN/FP/FN/TP, then parameters and CPU
+    latency per 1,000 graphs (blank when not measured)."""
+    head = ["model", "split", *columns, "TN", "FP", "FN", "TP", "params", "CPU ms / 1k graphs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         (tn, fp), (fn, tp) = r["confusion"]
         cells = [r["model"], r["split"], str(r["graphs"]), str(r["attacks"]),
-                 *(f"{r[k]:.4f}" for k in COLUMNS[2:]), str(tn), str(fp), str(fn), str(tp)]
+                 *(f"{r[k]:.4f}" for k in columns[2:]), str(tn), str(fp), str(fn), str(tp),
+                 f"{r['params']:,}" if "params" in r else "",
+                 f"{r['cpu_ms_per_1k']:.1f}" if "cpu_ms_per_1k" in r else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def detector_table(rows: list[dict[str, Any]]) -> str:
+    """The anomaly detectors' section: AUROC of the reconstruction error, scores at the threshold."""
+    return ("\n## Anomaly detectors (VGAE reconstruction error; F1 at the threshold chosen on val)\n\n"
+            + markdown_table(rows, DETECTOR_COLUMNS))
