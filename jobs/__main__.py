@@ -22,9 +22,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-O", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a profile key, e.g. -O train.epochs=3 (repeatable)")
 
-    p = sub.add_parser("submit", help="queue the profile's chain on SLURM (afterok dependencies)")
-    p.add_argument("--profile", required=True, help="profile name (profiles/<name>.yaml) or YAML path")
-    p.add_argument("--seeds", type=int, default=1, help="one run per seed: train.seed, train.seed+1, ...")
+    p = sub.add_parser("submit", help="queue the profile's chain on SLURM (afterok dependencies); several "
+                                        "profiles or seeds make a sweep, one job array per stage")
+    p.add_argument("--profile", required=True,
+                   help="profile name (profiles/<name>.yaml) or YAML path; several separated by commas sweep them all")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="runs per profile with train.seed, train.seed+1, ... (a sweep when more than one)")
     p.add_argument("--runs-root", help="where run directories go (default: runs/)")
     overrides(p)
 
@@ -35,10 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     overrides(p)
 
     p = sub.add_parser("status", help="table of a run's stages: state, job, elapsed, peak memory, log")
-    p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>")
+    p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>, or a sweep's runs/_sweeps/<id>")
 
-    p = sub.add_parser("resume", help="launch only the stages of a run that are not done")
-    p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>")
+    p = sub.add_parser("resume", help="launch only the stages of a run (or of a sweep's runs) that are not done")
+    p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>, or a sweep's runs/_sweeps/<id>")
     overrides(p)
 
     p = sub.add_parser("plan", help="memory budget and batch plan of each training stage for the profile's "

@@ -8,6 +8,7 @@ was launched with. Everything launched is appended to <run>/jobs.json.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -23,9 +24,10 @@ from pipeline.runs import RUNS_DIR, RunDir
 from jobs import slurm
 from jobs.errors import LaunchError, StageFailed
 from jobs.records import append_records, launched_with, latest_records, now_iso
-from jobs.resources import describe, executor_parameters
+from jobs.resources import describe, executor_parameters, rank_layout
 from jobs.selection import chain_dependencies, done_states, plan_resume
 from jobs.stage_job import StageJob
+from jobs.sweep import SWEEPS_DIR, array_name, group_submissions, stage_order, sweep_profiles, sweep_runs, write_sweep
 from jobs.table import format_table
 
 
@@ -50,6 +52,10 @@ class Launcher(Protocol):
     def start(self, plan: RunPlan, stage: str, depends_on: list[str], action: str) -> tuple[dict[str, Any], Any]:
         """Submit one stage; return its jobs.json record and the submitit job."""
 
+    def start_array(self, plans: list[RunPlan], stage: str, upstream_arrays: list[str],
+                    action: str) -> list[tuple[dict[str, Any], Any]]:
+        """Submit ``stage`` of ``plans`` as one job array; one (record, job) per plan."""
+
     def settle(self, plan: RunPlan, stage: str, record: dict[str, Any], job: Any) -> None:
         """After submission: nothing for SLURM; wait for the result for the local executor."""
 
@@ -73,12 +79,16 @@ def _record(plan: RunPlan, stage: str, job: Any, depends_on: list[str], params: 
 
 
 class SlurmLauncher:
-    """Submits with sbatch through submitit; logs in <run>/logs/<job id>/."""
+    """Submits with sbatch through submitit; logs in <logs_root>/logs/<job id>/ (the run, or a sweep's folder)."""
 
     kind = "slurm"
 
+    def __init__(self, logs_root: Path | None = None) -> None:
+        self.logs_root = logs_root
+        """Folder whose logs/ holds every job of this launch; None: each run's own folder."""
+
     def _executor(self, run_path: Path, params: dict[str, Any]) -> submitit.AutoExecutor:
-        executor = submitit.AutoExecutor(folder=run_path / "logs" / "%j", cluster="slurm")
+        executor = submitit.AutoExecutor(folder=(self.logs_root or run_path) / "logs" / "%j", cluster="slurm")
         executor.update_parameters(**params)
         return executor
 
@@ -95,12 +105,28 @@ class SlurmLauncher:
         job = executor.submit(StageJob(plan.profile.resources_for(stage).cpus), str(plan.run.path), stage, ())
         return _record(plan, stage, job, depends_on, params, action, self.kind), job
 
+    def start_array(self, plans: list[RunPlan], stage: str, upstream_arrays: list[str],
+                    action: str) -> list[tuple[dict[str, Any], Any]]:
+        """One job array for ``stage`` of ``plans`` (task i = plans[i]), after task i of each upstream array."""
+        params = executor_parameters(plans[0].profile, stage, upstream_arrays, dependency="aftercorr")
+        params["name"] = array_name([p.profile for p in plans], stage)
+        executor = self._executor(plans[0].run.path, params)
+        cpus = plans[0].profile.resources_for(stage).cpus
+        with executor.batch():
+            jobs = [executor.submit(StageJob(cpus), str(plan.run.path), stage, ()) for plan in plans]
+        out = []
+        for index, (plan, job) in enumerate(zip(plans, jobs)):
+            record = _record(plan, stage, job, [f"{a}_{index}" for a in upstream_arrays], params, action, self.kind)
+            record["array"] = {"id": slurm.array_base(str(job.job_id)), "index": index, "size": len(plans)}
+            out.append((record, job))
+        return out
+
     def settle(self, plan: RunPlan, stage: str, record: dict[str, Any], job: Any) -> None:
         return None
 
 
 class LocalLauncher:
-    """Runs each stage as a local submitit job (a subprocess) and waits for it; logs in <run>/logs/."""
+    """Runs each stage as a local submitit job (a subprocess per rank) and waits for it; logs in <run>/logs/."""
 
     kind = "local"
 
@@ -109,21 +135,34 @@ class LocalLauncher:
         executor.update_parameters(**params)
         return executor
 
+    @staticmethod
+    def _parameters(profile: Profile, stage: str) -> dict[str, Any]:
+        params = executor_parameters(profile, stage)
+        if params.get("nodes", 1) > 1:
+            raise LaunchError(f"profile {profile.name!r}: stage {stage} asks for {params['nodes']} nodes, and the local "
+                              f"executor runs on this machine only; add -O resources.{stage}.nodes=1")
+        return params
+
     def check(self, run_path: Path, profile: Profile, stage: str) -> None:
-        executor_parameters(profile, stage)
+        self._parameters(profile, stage)
 
     def start(self, plan: RunPlan, stage: str, depends_on: list[str], action: str) -> tuple[dict[str, Any], Any]:
         # Stages run one after another here, so no dependency is passed to the executor.
-        params = executor_parameters(plan.profile, stage)
+        params = self._parameters(plan.profile, stage)
         executor = self._executor(plan.run.path, params)
         job = executor.submit(StageJob(plan.profile.resources_for(stage).cpus), str(plan.run.path), stage, ())
         log = plan.run.path / stage / "log"
-        print(f"{_step(plan, stage)} {stage}: started (local job {job.job_id}, log {log})", flush=True)
+        ranks = f", {params['tasks_per_node']} ranks" if params.get("tasks_per_node", 1) > 1 else ""
+        print(f"{_step(plan, stage)} {stage}: started (local job {job.job_id}{ranks}, log {log})", flush=True)
         return _record(plan, stage, job, depends_on, params, action, self.kind), job
+
+    def start_array(self, plans: list[RunPlan], stage: str, upstream_arrays: list[str],
+                    action: str) -> list[tuple[dict[str, Any], Any]]:
+        raise LaunchError("the local executor runs one run at a time; job arrays are for SLURM")
 
     def settle(self, plan: RunPlan, stage: str, record: dict[str, Any], job: Any) -> None:
         try:
-            result = job.result()
+            result = job.results()[0]  # rank 0's: the one that writes the run's files
         except KeyboardInterrupt:
             job.cancel(check=False)
             raise
@@ -169,41 +208,55 @@ def failure_summary(text: str) -> str:
 
 # -- the chain -----------------------------------------------------------------------------------
 
-def launch_chains(plans: list[RunPlan], launcher: Launcher, action: str) -> list[dict[str, dict[str, Any]]]:
-    """Launch every plan's stages; stage-major, so a sweep submits stage k of all runs together.
+def launch_chains(plans: list[RunPlan], launcher: Launcher, action: str,
+                  arrays: bool = True) -> list[dict[str, dict[str, Any]]]:
+    """Launch every plan's stages, stage by stage over all plans, so that a sweep submits each stage
+    of all its runs together: as job arrays where the runs allow it (``jobs.sweep``).
 
     All parameters are checked before the first job is submitted. If SLURM refuses a job part way,
     the jobs this call already submitted are cancelled, so no run is left with half a chain queued.
+    Returns, per plan, stage -> the jobs.json record of what was launched.
     """
     for plan in plans:
         for stage in plan.stages:
             launcher.check(plan.run.path, plan.profile, stage)
     launched: list[dict[str, dict[str, Any]]] = [{} for _ in plans]
-    order = plans[0].profile.stages if plans else []
-    for stage in order:
-        for plan, records in zip(plans, launched):
-            if stage not in plan.stages:
-                continue
-            depends_on = _dependency_ids(plan, stage, records)
+    for stage in stage_order([p.stages for p in plans]):
+        members = [i for i, plan in enumerate(plans) if stage in plan.stages]
+        keys = {i: _array_key(plans[i], stage) for i in members}
+        upstream = {i: _dependency_ids(plans[i], stage, launched[i]) for i in members}
+        for sub in group_submissions(stage, members, keys, upstream, arrays=arrays and launcher.kind == "slurm"):
+            group = [plans[i] for i in sub.members]
             try:
-                record, job = launcher.start(plan, stage, depends_on, action)
+                if sub.array:
+                    started = launcher.start_array(group, stage, list(sub.depends_on), action)
+                else:
+                    started = [launcher.start(group[0], stage, list(sub.depends_on), action)]
             except (LaunchError, KeyboardInterrupt):
                 raise
             except Exception as exc:
-                raise _refused(launcher, plan, stage, exc, launched) from None
-            append_records(plan.run, launcher.kind, [record])
-            records[stage] = record
-            launcher.settle(plan, stage, record, job)
+                raise _refused(launcher, group[0], stage, exc, launched) from None
+            for i, (record, job) in zip(sub.members, started):
+                append_records(plans[i].run, launcher.kind, [record])
+                launched[i][stage] = record
+                launcher.settle(plans[i], stage, record, job)
     return launched
 
 
-def _dependency_ids(plan: RunPlan, stage: str, records: dict[str, dict[str, Any]]) -> list[str]:
-    ids = []
+def _array_key(plan: RunPlan, stage: str) -> str:
+    """Runs whose stage has equal sbatch parameters (but for the job name) can share an array."""
+    params = {k: v for k, v in executor_parameters(plan.profile, stage).items() if k != "name"}
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _dependency_ids(plan: RunPlan, stage: str, records: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Upstream stage -> the job id ``stage`` of this run waits for (launched now, or still queued)."""
+    ids = {}
     for dep in chain_dependencies(plan.profile.stages)[stage]:
         if dep in records:
-            ids.append(records[dep]["job_id"])
+            ids[dep] = records[dep]["job_id"]
         elif dep in plan.queued:
-            ids.append(plan.queued[dep])
+            ids[dep] = plan.queued[dep]
     return ids
 
 
@@ -229,43 +282,64 @@ def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def sweep_profiles(name: str, overrides: list[str], seeds: int) -> list[Profile]:
-    """One profile per seed: train.seed, train.seed+1, ... (one run each)."""
-    if seeds < 1:
-        raise LaunchError(f"--seeds must be at least 1, got {seeds}")
-    base = load_profile(name, overrides)
-    if seeds == 1:
-        return [base]
-    return [load_profile(name, [*overrides, f"train.seed={base.train.seed + i}"]) for i in range(seeds)]
-
-
-def submit(name: str, overrides: list[str], seeds: int = 1, runs_root: str | os.PathLike | None = None) -> list[RunPlan]:
-    """Create one run per seed and queue its chain on SLURM; nothing is written if sbatch is missing."""
-    slurm.require_slurm(name)
-    profiles = sweep_profiles(name, overrides, seeds)
+def submit(spec: str, overrides: list[str], seeds: int = 1, runs_root: str | os.PathLike | None = None) -> list[RunPlan]:
+    """Create one run per profile of ``spec`` (comma-separated) and seed, and queue their chains on
+    SLURM: a single run as a chain of jobs, a sweep as one job array per stage where resources match.
+    Nothing is written if sbatch is missing or a profile is invalid."""
+    slurm.require_slurm(spec.split(",")[0])
+    runs = sweep_profiles(spec, overrides, seeds)
     root = Path(runs_root or RUNS_DIR)
     run_id = new_run_id()
-    ids = [run_id] if seeds == 1 else [f"{run_id}-seed{p.train.seed}" for p in profiles]
-    launcher = SlurmLauncher()
-    for profile, rid in zip(profiles, ids):
+    sweep = root / SWEEPS_DIR / run_id if len(runs) > 1 else None
+    launcher = SlurmLauncher(logs_root=sweep)
+    for profile, suffix in runs:
         for stage in profile.stages:
-            launcher.check(root / profile.name / rid, profile, stage)
-    plans = [RunPlan(RunDir.create(p, root=root, run_id=rid), p, list(p.stages)) for p, rid in zip(profiles, ids)]
+            launcher.check(root / profile.name / f"{run_id}{suffix}", profile, stage)
+    plans = [RunPlan(RunDir.create(p, root=root, run_id=f"{run_id}{suffix}"), p, list(p.stages)) for p, suffix in runs]
+    if sweep is not None:
+        sweep.mkdir(parents=True, exist_ok=True)
+        write_sweep(sweep, [p.run for p in plans], [])
     launched = launch_chains(plans, launcher, "submit")
     for plan, records in zip(plans, launched):
         print(f"run {plan.run.path}")
         print(format_submitted(plan, records))
         print(f"follow with: make status RUN={plan.run.path}\n")
+    if sweep is not None:
+        arrays = _submissions_summary(launched)
+        write_sweep(sweep, [p.run for p in plans], arrays)
+        print(f"sweep of {len(plans)} runs in {len(arrays)} submissions: {_describe_submissions(arrays)}")
+        print(f"follow all runs with: make status RUN={sweep}")
     return plans
+
+
+def _describe_submissions(entries: list[dict[str, Any]]) -> str:
+    """'preprocess 101[4], teacher 102[4], ...': [n] marks an array of n tasks."""
+    return ", ".join(f"{e['stage']} {e['job_id']}" + (f"[{e['size']}]" if e["size"] > 1 else "") for e in entries)
+
+
+def _submissions_summary(launched: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One entry per sbatch call of a sweep: the stage, its job (or array) id and how many runs it holds."""
+    seen: dict[str, dict[str, Any]] = {}
+    for records in launched:
+        for stage, record in records.items():
+            job_id = record["array"]["id"] if "array" in record else record["job_id"]
+            entry = seen.setdefault(job_id, {"stage": stage, "job_id": job_id, "size": 0})
+            entry["size"] += 1
+    return list(seen.values())
 
 
 def format_submitted(plan: RunPlan, records: dict[str, dict[str, Any]]) -> str:
     rows = [
         (stage, rec["job_id"], ",".join(rec["depends_on"]) or None,
-         describe(plan.profile.resources_for(stage)), rec["stderr"])
+         describe(plan.profile.resources_for(stage), _ranks(plan.profile, stage)), rec["stderr"])
         for stage, rec in records.items()
     ]
     return format_table(("stage", "job", "after", "resources", "log"), rows)
+
+
+def _ranks(profile: Profile, stage: str) -> int:
+    nodes, tasks = rank_layout(profile, stage)
+    return nodes * tasks
 
 
 def dry_run_overrides(name: str, overrides: list[str]) -> list[str]:
@@ -306,11 +380,31 @@ def print_metrics(run: RunDir, profile: Profile) -> None:
     print(path.read_text().rstrip())
 
 
-def resume(run_path: str | os.PathLike, overrides: list[str]) -> RunPlan | None:
-    """Launch the stages of ``run_path`` that are not done (plus their dependants), nothing else."""
-    run = RunDir(run_path)
+def resume(path: str | os.PathLike, overrides: list[str]) -> list[RunPlan]:
+    """Launch the stages of a run (or of every run of a sweep folder) that are not done, plus their
+    dependants, nothing else. ``overrides`` (e.g. more memory) are frozen into each run's profile."""
+    runs = sweep_runs(path)
+    sweep = Path(path).resolve() if runs is not None else None
+    plans: dict[str, list[RunPlan]] = {"slurm": [], "local": []}
+    for run in runs if runs is not None else [RunDir(path)]:
+        planned = _resume_plan(run, overrides)
+        if planned is not None:
+            plans[planned[1]].append(planned[0])
+    for plan in plans["local"]:
+        _run_local(plan, "resume")
+    if plans["slurm"]:
+        launched = launch_chains(plans["slurm"], SlurmLauncher(logs_root=sweep), "resume")
+        for plan, records in zip(plans["slurm"], launched):
+            print(f"run {plan.run.path}")
+            print(format_submitted(plan, records))
+    return plans["local"] + plans["slurm"]
+
+
+def _resume_plan(run: RunDir, overrides: list[str]) -> tuple[RunPlan, str] | None:
+    """What to relaunch in ``run`` and with which executor; None when nothing is left to do."""
     if not run.profile_path.exists():
-        raise LaunchError(f"{run.path} is not a run directory (no profile.yaml); runs are runs/<profile>/<run_id>")
+        raise LaunchError(f"{run.path} is not a run directory (no profile.yaml); runs are runs/<profile>/<run_id> "
+                          f"and sweeps runs/{SWEEPS_DIR}/<id>")
     profile = run.profile(overrides)
     kind = launched_with(run) or _default_executor(profile)
     if kind == "slurm":
@@ -332,13 +426,7 @@ def resume(run_path: str | os.PathLike, overrides: list[str]) -> RunPlan | None:
     if replaced:
         slurm.cancel(replaced)
     print(f"resuming {run.path} ({kind}): launching {', '.join(launch)}" + (f"; waiting on {kept}" if keep else ""))
-    plan = RunPlan(run, profile, launch, {s: queued[s] for s in keep})
-    if kind == "local":
-        _run_local(plan, "resume")
-    else:
-        records = launch_chains([plan], launcher, "resume")[0]
-        print(format_submitted(plan, records))
-    return plan
+    return RunPlan(run, profile, launch, {s: queued[s] for s in keep}), kind
 
 
 def _default_executor(profile: Profile) -> str:

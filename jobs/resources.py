@@ -3,12 +3,17 @@
 The parameters are those of ``submitit.AutoExecutor``: the generic ones (``mem_gb``,
 ``timeout_min``, ...) are read by both the SLURM and the local executor; ``slurm_*`` ones only
 by SLURM. So a dry-run and a submission of the same profile ask for the same things.
+
+A training stage that asks for more than one GPU, node or task runs data-parallel: submitit
+starts ``tasks_per_node`` processes on each of ``nodes`` nodes (one per GPU), and every other
+resource is per process (``cpus``) or per node (``mem_gb``, ``gpus``), as in sbatch.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from pipeline.config import Profile, Resources
+from pipeline.stages import STAGES
 
 from jobs.errors import LaunchError
 
@@ -18,6 +23,9 @@ _RESERVED_EXTRA: dict[str, str] = {
     "time": "set resources.<stage>.time_min",
     "mem": "set resources.<stage>.mem_gb",
     "cpus-per-task": "set resources.<stage>.cpus",
+    "nodes": "set resources.<stage>.nodes",
+    "ntasks-per-node": "set resources.<stage>.tasks_per_node",
+    "ntasks": "set resources.<stage>.nodes and tasks_per_node",
     "gpus-per-node": "set resources.<stage>.gpus",
     "partition": "set resources.<stage>.partition",
     "account": "set resources.<stage>.account",
@@ -37,12 +45,39 @@ def job_name(profile: Profile, stage: str) -> str:
     return f"{profile.name}-{stage}"
 
 
-def executor_parameters(profile: Profile, stage: str, depends_on: Sequence[str] = ()) -> dict[str, Any]:
+def rank_layout(profile: Profile, stage: str) -> tuple[int, int]:
+    """(nodes, tasks per node) of ``stage``: one rank per GPU, ``tasks_per_node`` ranks on the CPU.
+
+    Only training stages run data-parallel; asking for several ranks elsewhere is an error rather
+    than a silent waste of nodes.
+    """
+    res = profile.resources_for(stage)
+    gpus = res.gpus or 0
+    nodes = res.nodes or 1
+    tasks = res.tasks_per_node or max(gpus, 1)
+    if not STAGES[stage].trains:
+        if nodes > 1 or (res.tasks_per_node or 1) > 1:
+            raise LaunchError(f"profile {profile.name!r}: stage {stage} does not train, so it runs as one process; "
+                              f"remove resources.{stage}.nodes/tasks_per_node (or set them to 1)")
+        return 1, 1
+    if gpus and tasks != gpus:
+        raise LaunchError(f"profile {profile.name!r}: stage {stage} runs one rank per GPU, but "
+                          f"resources.{stage}.tasks_per_node={tasks} and gpus={gpus}; set them equal "
+                          "(or leave tasks_per_node out)")
+    return nodes, tasks
+
+
+def executor_parameters(profile: Profile, stage: str, depends_on: Sequence[str] = (),
+                        dependency: str = "afterok") -> dict[str, Any]:
     """AutoExecutor parameters for ``stage`` of ``profile``, waiting for the jobs ``depends_on``.
 
     ``afterok`` plus ``kill-on-invalid-dep=yes`` means: run only if every upstream job succeeded,
-    and be cancelled (not left pending forever) when one of them fails.
+    and be cancelled (not left pending forever) when one of them fails. A job array waits with
+    ``aftercorr`` on upstream arrays instead: task i runs once task i of each of them succeeded,
+    and only task i is cancelled when one of those failed.
     """
+    if dependency not in ("afterok", "aftercorr"):
+        raise ValueError(f"dependency must be afterok or aftercorr, got {dependency!r}")
     res = profile.resources_for(stage)
     if res.time_min is None:
         raise LaunchError(
@@ -57,13 +92,18 @@ def executor_parameters(profile: Profile, stage: str, depends_on: Sequence[str] 
     if res.gpus:
         # 0 GPUs is left out rather than rendered as --gpus-per-node=0, which some sites reject.
         params["gpus_per_node"] = res.gpus
+    nodes, tasks = rank_layout(profile, stage)
+    if nodes > 1:
+        params["nodes"] = nodes
+    if tasks > 1:
+        params["tasks_per_node"] = tasks
     for field, key in (("partition", "slurm_partition"), ("account", "slurm_account"), ("qos", "slurm_qos")):
         value = getattr(res, field)
         if value is not None:
             params[key] = value
     additional = _extra_options(stage, res)
     if depends_on:
-        additional["dependency"] = "afterok:" + ":".join(str(job_id) for job_id in depends_on)
+        additional["dependency"] = f"{dependency}:" + ":".join(str(job_id) for job_id in depends_on)
         additional["kill-on-invalid-dep"] = "yes"
     if additional:
         params["slurm_additional_parameters"] = additional
@@ -82,11 +122,13 @@ def _extra_options(stage: str, res: Resources) -> dict[str, Any]:
     return options
 
 
-def describe(res: Resources) -> str:
-    """One short line for tables: what a stage asked for."""
+def describe(res: Resources, ranks: int = 1) -> str:
+    """One short line for tables: what a stage asked for (``ranks``: its data-parallel processes)."""
     parts = [
         f"{res.mem_gb:g}G" if res.mem_gb is not None else None,
+        f"{res.nodes} nodes" if (res.nodes or 1) > 1 else None,
         f"{res.gpus} gpu" if res.gpus else None,
+        f"{ranks} ranks" if ranks > 1 else None,
         f"{res.cpus} cpu" if res.cpus else None,
         f"{res.time_min} min" if res.time_min else None,
         res.partition,

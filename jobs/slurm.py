@@ -82,6 +82,30 @@ def parse_rss_mb(text: str) -> float | None:
     return float(match["num"]) * _RSS_TO_MB[match["unit"].upper()]
 
 
+_ARRAY_RECORD = re.compile(r"^(?P<base>\d+)_\[(?P<spec>[^\]]+)\]$")
+
+
+def array_base(job_id: str) -> str:
+    """'123_4' (task 4 of array 123) -> '123'; a plain job id is its own base."""
+    return str(job_id).split("_", 1)[0]
+
+
+def expand_array_record(job_field: str) -> list[str]:
+    """sacct's one line for array tasks not started yet, '123_[1-3,5%4]', -> ['123_1', ..., '123_5'].
+
+    Any other id comes back as it is. ('%4' is the array's throttle, not a task.)
+    """
+    match = _ARRAY_RECORD.match(job_field)
+    if not match:
+        return [job_field]
+    ids = []
+    for part in match["spec"].split("%", 1)[0].split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            ids += [f"{match['base']}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
+
+
 def parse_sacct(text: str) -> dict[str, SacctJob]:
     """Output of ``sacct -j IDS --format=JobID,State,Elapsed,MaxRSS -P -n`` -> job id -> SacctJob.
 
@@ -89,6 +113,8 @@ def parse_sacct(text: str) -> dict[str, SacctJob]:
     the state and elapsed time come from the job line. When a requeued job appears more than once,
     the last line wins (sacct lists the newest last). A step killed for memory makes the job
     OUT_OF_MEMORY even though SLURM marks the job itself FAILED (the batch script saw srun fail).
+    Array tasks are keyed ``<array>_<task>``; the pending ones, which sacct folds into one line
+    (``123_[2-5]``), each get that line's state.
     """
     jobs: dict[str, dict] = {}
     rss: dict[str, float] = {}
@@ -103,7 +129,8 @@ def parse_sacct(text: str) -> dict[str, SacctJob]:
         if step_rss is not None:
             rss[main_id] = max(rss.get(main_id, 0.0), step_rss)
         if not step:
-            jobs[main_id] = {"raw_state": state, "elapsed_s": parse_elapsed(elapsed)}
+            for job_id in expand_array_record(main_id):
+                jobs[job_id] = {"raw_state": state, "elapsed_s": parse_elapsed(elapsed)}
         elif normalise_state(state) == "OUT_OF_MEMORY":
             oom_steps[main_id] = job_field
     return {job_id: _job(job_id, info, rss.get(job_id), oom_steps.get(job_id)) for job_id, info in jobs.items()}
@@ -118,8 +145,11 @@ def _job(job_id: str, info: dict, rss_mb: float | None, oom_step: str | None) ->
 
 
 def query_sacct(job_ids: Iterable[str], timeout_s: float = 30) -> dict[str, SacctJob] | None:
-    """What sacct knows about ``job_ids``; None when sacct is missing or fails (then say so)."""
-    ids = sorted({str(j) for j in job_ids if j})
+    """What sacct knows about ``job_ids``; None when sacct is missing or fails (then say so).
+
+    Array tasks are asked for by their array: sacct lists a task that has not started only under it.
+    """
+    ids = sorted({array_base(str(j)) for j in job_ids if j})
     if not ids or shutil.which("sacct") is None:
         return None
     cmd = ["sacct", "-j", ",".join(ids), f"--format={SACCT_FORMAT}", "-P", "-n"]

@@ -4,6 +4,10 @@ On SLURM's warning signal (USR2, ``signal_delay_s`` before the limit, or on pree
 submitit calls :meth:`StageJob.checkpoint`, pickles what it returns and requeues the job. The
 requeued job calls ``run_stage`` again: a finished stage is skipped by its done marker, a
 training stage picks up from the ``checkpoint.pt`` its loop writes after every epoch.
+
+A job of several tasks (a data-parallel training stage) runs this callable once per task; each
+exports torch's ``env://`` variables from submitit's ``TorchDistributedEnvironment`` first, and
+the runner joins them into one process group. Only task 0 checkpoints and requeues (submitit).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self, run_dir: str, stage: str, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
         limit_threads(self.cpus)
+        export_rank_environment()
         return run_stage(run_dir, stage, tuple(overrides))
 
     def checkpoint(self, run_dir: str, stage: str, overrides: tuple[str, ...] = ()) -> submitit.helpers.DelayedSubmission:
@@ -46,6 +51,22 @@ class StageJob(submitit.helpers.Checkpointable):
             stage, _active_training_checkpoint() or "its start",
         )
         return submitit.helpers.DelayedSubmission(StageJob(self.cpus), run_dir, stage, tuple(overrides))
+
+
+def export_rank_environment() -> int:
+    """In a job of several tasks, export RANK, WORLD_SIZE, MASTER_ADDR, ... for torch; returns the task count.
+
+    CUDA_VISIBLE_DEVICES is left alone: every rank sees the node's GPUs and the runner pins rank
+    ``LOCAL_RANK`` to its own, which keeps peer-to-peer copies between them possible.
+    """
+    try:
+        env = submitit.JobEnvironment()
+        tasks = env.num_tasks
+    except (RuntimeError, KeyError):  # not inside a submitit job (a test, or pipeline.cli by hand)
+        return 1
+    if tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return tasks
 
 
 def _active_training_checkpoint() -> Path | None:

@@ -9,11 +9,13 @@ Three sources, each for what only it knows:
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.runs import RunDir
@@ -23,6 +25,7 @@ from jobs.errors import LaunchError
 from jobs.records import launched_with, latest_records
 from jobs.selection import DoneState, chain_dependencies, done_states
 from jobs.slurm import SacctJob
+from jobs.sweep import sweep_runs
 from jobs.table import format_table
 
 STATES = ("pending", "running", "done", "stale", "failed", "interrupted", "cancelled", "out_of_memory")
@@ -133,11 +136,37 @@ def stage_rows(run: RunDir, stages: list[str], done: dict[str, DoneState], recor
 
 
 def _oom_advice(run: RunDir, stage: str, record: dict[str, Any]) -> str:
-    """Killed for memory: say what it had and the command that gives it more."""
+    """Killed for memory: what it requested, what its memory plan expected, and the command that gives it more."""
     asked = (record.get("resources") or {}).get("mem_gb")
     more = f"{math.ceil(2 * asked)}" if asked else "<GB>"
-    had = f"{asked:g}G was not enough; " if asked else ""
-    return f"{had}make resume RUN={run.path} O=resources.{stage}.mem_gb={more}"
+    had = f"requested {asked:g}G (--mem) was not enough; " if asked else ""
+    plan = memory_plan_summary(run, stage)
+    planned = f"{plan}; " if plan else ""
+    return f"{had}{planned}make resume RUN={run.path} O=resources.{stage}.mem_gb={more}"
+
+
+def memory_plan_summary(run: RunDir, stage: str) -> str | None:
+    """What the stage's batch planner expected to use (<stage>/memory_plan.json), in one phrase.
+
+    The plan counts tensors (model state and a batch's activations) within the device budget it
+    saw; on the CPU that budget is the job's --mem, and the process's own baseline (Python, torch,
+    the mapped graph cache) comes on top of the plan.
+    """
+    path = run.path / stage / "memory_plan.json"
+    try:
+        data = json.loads(path.read_text())
+        budget, plan = data["budget"], data["plan"]
+        static = sum(v for k, v in budget["static"].items() if not k.startswith("of which"))
+        fixed = sum(budget["fixed"].values())
+        tensors = static + int(plan["predicted_bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (f"planned {_gib(tensors)} of tensors ({plan['graphs']} graphs per batch) plus {_gib(fixed)} reserved, "
+            f"within {_gib(budget['total'])} of {budget['device']} memory ({stage}/{path.name})")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f}G" if n >= 2**28 else f"{n / 2**20:.0f}M"
 
 
 def _why_cancelled(detail: str, upstream: list[StageRow]) -> str:
@@ -198,9 +227,16 @@ def _mem(mb: float | None) -> str | None:
     return f"{mb / 1024:.1f}G" if mb >= 1024 else f"{mb:.0f}M"
 
 
-def status_report(run_path: str | os.PathLike) -> str:
-    """The text ``python -m jobs status`` prints."""
-    run = RunDir(run_path)
+def status_report(path: str | os.PathLike) -> str:
+    """The text ``python -m jobs status`` prints: one table for a run, one per run for a sweep folder."""
+    runs = sweep_runs(path)
+    if runs is None:
+        return run_report(RunDir(path))
+    return "\n\n".join([f"sweep {Path(path).resolve()}: {len(runs)} runs"] + [run_report(run) for run in runs])
+
+
+def run_report(run: RunDir) -> str:
+    """A run's table, then for each stage that failed (or was killed) its error, log and the way on."""
     if not run.profile_path.exists():
         raise LaunchError(f"{run.path} is not a run directory (no profile.yaml); runs are runs/<profile>/<run_id>")
     profile = run.profile()
@@ -209,8 +245,22 @@ def status_report(run_path: str | os.PathLike) -> str:
     sacct = slurm.query_sacct(r["job_id"] for r in records.values()) if executor == "slurm" else None
     rows = stage_rows(run, list(profile.stages), done_states(run, profile), records, sacct)
     lines = [f"run {run.path} (profile {profile.name}, executor {executor})", format_rows(rows)]
+    lines += failure_notes(run, rows)
     if executor == "slurm" and sacct is None:
         lines.append("note: sacct gave no answer; states come from the stages' own files, so a job the "
                      "scheduler killed shows its last written state")
     return "\n".join(lines)
+
+
+def failure_notes(run: RunDir, rows: list[StageRow]) -> list[str]:
+    """Say which stage broke the chain (not the dependants SLURM cancelled after it), why, where its
+    log is, and the command that goes on from there."""
+    broken = [r for r in rows if r.state in ("failed", "out_of_memory", "interrupted")
+              or (r.state == "cancelled" and "upstream" not in r.detail)]
+    notes = [""] if broken else []
+    for row in broken:
+        notes += [f"stage {row.stage} {row.state.replace('_', ' ')}: {row.detail or 'see its log'}", f"  log: {row.log}"]
+    if broken and not any(r.state == "out_of_memory" for r in broken):
+        notes.append(f"after fixing it: make resume RUN={run.path} (relaunches only what is not done)")
+    return notes
 

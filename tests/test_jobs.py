@@ -18,12 +18,14 @@ from jobs.launch import SlurmLauncher, failure_summary
 from jobs.records import latest_records
 from jobs.resources import executor_parameters
 from jobs.selection import chain_dependencies, done_states, plan_resume
-from jobs.slurm import SacctJob, parse_elapsed, parse_rss_mb, parse_sacct
+from jobs.slurm import SacctJob, array_base, expand_array_record, parse_elapsed, parse_rss_mb, parse_sacct
 from jobs.stage_job import StageJob, limit_threads
+from jobs.sweep import group_submissions, sweep_profiles, sweep_runs
 from jobs.status import resolve_state, stage_rows, status_report
 from pipeline.config import load_profile
 from pipeline.runner import fingerprint_for
 from pipeline.runs import RunDir
+from tests.launch_helpers import table_lines
 
 pytest_plugins = ["tests.slurm_cluster"]
 
@@ -217,7 +219,8 @@ def test_oom_row_says_what_it_had_and_how_to_give_more(tmp_path):
     records = {"preprocess": {"job_id": "1", "resources": {"mem_gb": 4.0}}}
     (row,) = stage_rows(run, ["preprocess"], {}, records, parse_sacct("1|OUT_OF_MEMORY|00:00:05|\n"))
     assert row.state == "out_of_memory"
-    assert row.detail == f"4G was not enough; make resume RUN={run.path} O=resources.preprocess.mem_gb=8"
+    assert row.detail == (f"requested 4G (--mem) was not enough; "
+                          f"make resume RUN={run.path} O=resources.preprocess.mem_gb=8")
 
 
 def test_done_marker_with_other_inputs_is_stale_and_resources_are_not_inputs(tmp_path):
@@ -372,16 +375,84 @@ def test_submit_queues_the_chain_with_afterok(fake_slurm, tmp_path, capsys):
     assert "102" in out and "101,102" in out
 
 
-def test_submit_sweep_makes_one_run_per_seed(fake_slurm, tmp_path):
+def test_submit_sweep_makes_one_array_per_stage(fake_slurm, tmp_path, capsys):
     runs = tmp_path / "runs"
-    assert main(["submit", "--profile", "local", "--seeds", "2", "--runs-root", str(runs), "-O", "train.seed=7"]) == 0
+    assert main(["submit", "--profile", "local", "--seeds", "3", "--runs-root", str(runs), "-O", "train.seed=7"]) == 0
     found = sorted((runs / "local").iterdir())
-    assert [p.name.rsplit("-", 1)[1] for p in found] == ["seed7", "seed8"]
-    assert [RunDir(p).profile().train.seed for p in found] == [7, 8]
-    # stage-major: both preprocess jobs first, then both teachers, each waiting on its own run
+    assert [p.name.rsplit("-", 1)[1] for p in found] == ["seed7", "seed8", "seed9"]
+    assert [RunDir(p).profile().train.seed for p in found] == [7, 8, 9]
+    # three sbatch calls for nine jobs: task i of each array is run i
     ids = [{s: r["job_id"] for s, r in latest_records(RunDir(p)).items()} for p in found]
-    assert [ids[0]["preprocess"], ids[1]["preprocess"], ids[0]["teacher"], ids[1]["teacher"]] == ["101", "102", "103", "104"]
-    assert latest_records(RunDir(found[1]))["teacher"]["depends_on"] == ["102"]
+    assert ids == [{"preprocess": f"101_{i}", "teacher": f"102_{i}", "evaluate": f"103_{i}"} for i in range(3)]
+    assert sorted(p.name for p in fake_slurm.state.glob("*.sh")) == ["101.sh", "102.sh", "103.sh"]
+    assert "#SBATCH --array=0-2%3\n" in fake_slurm.script("101")
+    assert "#SBATCH --dependency" not in fake_slurm.script("101")
+    assert "#SBATCH --dependency=aftercorr:101\n" in fake_slurm.script("102")
+    assert "#SBATCH --dependency=aftercorr:101:102\n" in fake_slurm.script("103")
+    assert "#SBATCH --kill-on-invalid-dep=yes" in fake_slurm.script("103")
+    assert "#SBATCH --job-name=local-teacher" in fake_slurm.script("102")
+    teacher = latest_records(RunDir(found[2]))["teacher"]
+    assert teacher["depends_on"] == ["101_2"] and teacher["array"] == {"id": "102", "index": 2, "size": 3}
+    (sweep,) = (runs / "_sweeps").iterdir()
+    assert teacher["stderr"] == str(sweep / "logs" / "102_2" / "102_2_0_log.err")
+    assert [r.path for r in sweep_runs(sweep)] == found
+    assert "sweep of 3 runs in 3 submissions: preprocess 101[3], teacher 102[3], evaluate 103[3]" in capsys.readouterr().out
+
+
+def test_sweep_over_profiles_shares_arrays_only_where_resources_match(fake_slurm, tmp_path):
+    runs = tmp_path / "runs"
+    wide = tmp_path / "wide.yaml"
+    wide.write_text((Path("profiles") / "local.yaml").read_text().replace("teacher: {gpus: 0, mem_gb: 4}",
+                                                                         "teacher: {gpus: 0, mem_gb: 8}"))
+    assert main(["submit", "--profile", f"local,{wide}", "--runs-root", str(runs)]) == 0
+    (local,) = (runs / "local").iterdir()
+    (other,) = (runs / "wide").iterdir()
+    ids = [{s: r["job_id"] for s, r in latest_records(RunDir(p)).items()} for p in (local, other)]
+    # preprocess: one array; teacher: 8G vs 4G, so one job each; evaluate: an array again, but its
+    # runs wait on different single teacher jobs, which aftercorr cannot express: one job each
+    assert ids == [{"preprocess": "101_0", "teacher": "102", "evaluate": "104"},
+                   {"preprocess": "101_1", "teacher": "103", "evaluate": "105"}]
+    assert "#SBATCH --job-name=sweep-preprocess" in fake_slurm.script("101")
+    assert "#SBATCH --dependency=afterok:101_1\n" in fake_slurm.script("103")
+    assert "#SBATCH --mem=8GB" in fake_slurm.script("103")
+    assert "#SBATCH --dependency=afterok:101_1:103\n" in fake_slurm.script("105")
+    assert "--array" not in fake_slurm.script("105")
+
+
+@pytest.mark.parametrize("members, keys, upstream, expected", [
+    # no upstream: equal keys share an array
+    ([0, 1, 2], {0: "a", 1: "a", 2: "a"}, {0: {}, 1: {}, 2: {}}, [((0, 1, 2), (), True)]),
+    # aligned upstream arrays: aftercorr on both
+    ([0, 1], {0: "a", 1: "a"}, {0: {"p": "7_0", "t": "8_0"}, 1: {"p": "7_1", "t": "8_1"}},
+     [((0, 1), ("7", "8"), True)]),
+    # task indexes do not line up (the group is a subset of the upstream array): single jobs
+    ([1, 2], {1: "a", 2: "a"}, {1: {"p": "7_1"}, 2: {"p": "7_2"}}, [((1,), ("7_1",), False), ((2,), ("7_2",), False)]),
+    # different keys: separate groups, order kept
+    ([0, 1, 2], {0: "a", 1: "b", 2: "a"}, {0: {}, 1: {}, 2: {}}, [((0, 2), (), True), ((1,), (), False)]),
+    # a plain upstream job (resume waiting on a queued one): single jobs
+    ([0, 1], {0: "a", 1: "a"}, {0: {"p": "7"}, 1: {"p": "7_1"}}, [((0,), ("7",), False), ((1,), ("7_1",), False)]),
+])
+def test_group_submissions(members, keys, upstream, expected):
+    subs = group_submissions("teacher", members, keys, upstream)
+    assert [(s.members, s.depends_on, s.array) for s in subs] == expected
+
+
+def test_array_records_of_sacct_expand_to_tasks():
+    jobs = parse_sacct("40_0|COMPLETED|00:00:05|\n40_0.batch|COMPLETED|00:00:05|200M\n"
+                       "40_[1-2,4%3]|PENDING|00:00:00|\n41_3|OUT_OF_MEMORY|00:00:01|\n")
+    assert {k: v.state for k, v in jobs.items()} == {
+        "40_0": "COMPLETED", "40_1": "PENDING", "40_2": "PENDING", "40_4": "PENDING", "41_3": "OUT_OF_MEMORY"}
+    assert jobs["40_0"].max_rss_mb == 200.0
+    assert expand_array_record("12") == ["12"] and array_base("12_3") == "12"
+
+
+def test_profile_list_and_seeds_validation():
+    with pytest.raises(LaunchError, match="listed twice"):
+        sweep_profiles("local,local", [], 1)
+    with pytest.raises(LaunchError, match="at least 1"):
+        sweep_profiles("local", [], 0)
+    assert [(p.name, suffix) for p, suffix in sweep_profiles("local, ci", [], 2)] == [
+        ("local", "-seed0"), ("local", "-seed1"), ("ci", "-seed0"), ("ci", "-seed1")]
 
 
 def test_submit_refused_midway_cancels_what_it_queued(fake_slurm, tmp_path, capsys):
@@ -432,7 +503,7 @@ def test_status_reports_scheduler_kills(fake_slurm, tmp_path, capsys):
     capsys.readouterr()
     assert main(["status", "--run", str(run.path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    by_stage = {line.split()[0]: line.split()[1] for line in lines[2:]}
+    by_stage = {line.split()[0]: line.split()[1] for line in table_lines(lines)}
     assert by_stage == {"preprocess": "out_of_memory", "teacher": "cancelled", "evaluate": "cancelled"}
 
 
@@ -457,7 +528,7 @@ def test_real_cluster_memory_kill_cancels_dependants_and_resume_gives_more(slurm
         slurm_cluster.wait_state(first["preprocess"], timeout=120)
         slurm_cluster.wait_state(first["evaluate"], timeout=60)
         report = status_report(run.path)
-        states = {line.split()[0]: line.split()[1] for line in report.splitlines()[2:]}
+        states = {line.split()[0]: line.split()[1] for line in table_lines(report.splitlines())}
         killed = "out_of_memory" if slurm_cluster.oom_state == "OUT_OF_MEMORY" else "failed"
         assert states == {"preprocess": killed, "teacher": "cancelled", "evaluate": "cancelled"}, report
 

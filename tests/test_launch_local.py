@@ -7,6 +7,7 @@ from pathlib import Path
 from jobs.__main__ import main
 from jobs.selection import done_states
 from pipeline.runs import RunDir
+from tests.launch_helpers import table_lines
 
 CHAIN = ["preprocess", "teacher", "evaluate"]
 
@@ -19,8 +20,8 @@ def _only_run(runs: Path) -> RunDir:
 def _status_states(run: RunDir, capsys) -> dict[str, str]:
     capsys.readouterr()
     assert main(["status", "--run", str(run.path)]) == 0
-    lines = capsys.readouterr().out.splitlines()[2:]
-    return {line.split()[0]: line.split()[1] for line in lines}
+    lines = capsys.readouterr().out.splitlines()
+    return {line.split()[0]: line.split()[1] for line in table_lines(lines)}
 
 
 def test_dry_run_then_resume_reruns_only_the_lost_stage_and_its_dependants(tmp_path, capsys):
