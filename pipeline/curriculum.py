@@ -71,6 +71,7 @@ class CurriculumLoader:
         self.normals_by_difficulty = normal[order]
         """Normal graph indices, easiest first (ties keep index order)."""
         self.epoch = 0
+        self.rank, self.world = 0, 1
         self._loader: GraphLoader | None = None
         self.set_epoch(1)
 
@@ -84,6 +85,8 @@ class CurriculumLoader:
         if self._loader is None or epoch != self.epoch:
             self._loader = GraphLoader(self.split, self.batch_size, shuffle=True, seed=self.seed,
                                        indices=self.admitted(epoch), max_nodes=self._max_nodes)
+            if self.world > 1:
+                self._loader.shard(self.rank, self.world)
         self._loader.set_epoch(epoch)
         self.epoch = epoch
 
@@ -100,6 +103,14 @@ class CurriculumLoader:
     def shrink(self, factor: float) -> int:
         self._max_nodes = self._loader.shrink(factor)
         return self._max_nodes
+
+    def shard(self, rank: int, world: int) -> None:
+        """Data-parallel: every epoch's loader keeps only this rank's share of the batches."""
+        self.rank, self.world = rank, world
+        self._loader.shard(rank, world)
+
+    def batch_weights(self) -> list[float]:
+        return self._loader.batch_weights()
 
     @property
     def num_graphs(self) -> int:

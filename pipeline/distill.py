@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import io
+from pipeline import distributed, io
 from pipeline.data.cache import GraphBatch, GraphSplit
 from pipeline.inference import Forward, gather, plan_inference
 from pipeline.models.vgae import VGAE
@@ -55,17 +55,22 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, y
     return alpha * kd_term(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
 
 
-def vgae_kd_loss(student: VGAE, batch: GraphBatch, teacher: dict[str, torch.Tensor], alpha: float
+def vgae_kd_loss(student: nn.Module, batch: GraphBatch, teacher: dict[str, torch.Tensor], alpha: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 - alpha) * the student's own VGAE loss + alpha * matching of the teacher's node latents
-    (through the student's projection) and reconstructed features. Returns (loss, scores)."""
+    (through the student's projection) and reconstructed features. Returns (loss, scores).
+
+    ``student`` may be the DistributedDataParallel wrapper: the forward goes through it (so
+    gradients are synchronised), the loss helpers are read from the module inside.
+    """
     out = student(batch)
-    own, scores = student.loss(batch, out)
+    vgae: VGAE = getattr(student, "module", student)
+    own, scores = vgae.loss(batch, out)
     if alpha == 0:
         return own, scores
-    if student.latent_proj is None:
+    if vgae.latent_proj is None:
         raise ValueError("VGAE student needs project_to=<teacher latent_dim> to be distilled")
-    latent = nn.functional.mse_loss(student.latent_proj(out.mu).float(), teacher["mu"].float())
+    latent = nn.functional.mse_loss(vgae.latent_proj(out.mu).float(), teacher["mu"].float())
     recon = nn.functional.mse_loss(out.x_hat.float(), teacher["x_hat"].float())
     return (1 - alpha) * own + alpha * (latent + recon), scores
 
@@ -135,18 +140,23 @@ class OutputCache:
 
     def get_or_compute(self, compute: Callable[[], dict[str, torch.Tensor]],
                        log: logging.Logger | None = None) -> dict[str, torch.Tensor]:
-        """Open the cached outputs, computing and writing them (atomically) first if missing."""
+        """Open the cached outputs, computing and writing them (atomically) first if missing.
+
+        In data-parallel training rank 0 computes them while the other ranks wait.
+        """
         path = self.path
         if path.exists():
             if log:
                 log.info("%s: reusing %s", self.kind, path)
             return self.load()
-        outputs = {k: v.contiguous() for k, v in compute().items()}
-        io.torch_save(outputs, path)
-        self.computed = True
-        if log:
-            log.info("%s: wrote %s (%s)", self.kind, path,
-                     ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items()))
+        if distributed.is_main():
+            outputs = {k: v.contiguous() for k, v in compute().items()}
+            io.torch_save(outputs, path)
+            self.computed = True
+            if log:
+                log.info("%s: wrote %s (%s)", self.kind, path,
+                         ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items()))
+        distributed.barrier()
         return self.load()
 
 
@@ -191,6 +201,8 @@ class IndexBatches(Protocol):
     def batches(self) -> list[torch.Tensor]: ...
     def set_epoch(self, epoch: int) -> None: ...
     def shrink(self, factor: float) -> int: ...
+    def shard(self, rank: int, world: int) -> None: ...
+    def batch_weights(self) -> list[float]: ...
 
 
 class TeacherOutputLoader:
@@ -220,6 +232,12 @@ class TeacherOutputLoader:
 
     def shrink(self, factor: float) -> int:
         return self.inner.shrink(factor)
+
+    def shard(self, rank: int, world: int) -> None:
+        self.inner.shard(rank, world)
+
+    def batch_weights(self) -> list[float]:
+        return self.inner.batch_weights()
 
     def batches(self) -> list[torch.Tensor]:
         return self.inner.batches()

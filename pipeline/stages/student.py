@@ -248,11 +248,12 @@ def fit_vgae_student(ctx, data: StageData) -> dict[str, Any]:
     teacher_path = Path(ctx.upstream["autoencoder"]["best_checkpoint"])
     teacher_latent = int(ctx.upstream["autoencoder"]["latent_dim"])
     teacher_params = int(ctx.upstream["autoencoder"]["params"])
+    alpha = distill.alpha
     seed_everything(cfg.seed)
-    model = build_vgae(ctx.profile.vgae_student, data.manifest, data.train, project_to=teacher_latent).to(device)
+    model = build_vgae(ctx.profile.vgae_student, data.manifest, data.train,
+                       project_to=teacher_latent if alpha > 0 else None).to(device)
     check_ratio(ctx, "VGAE student", count_parameters(model), teacher_params)
     widths = {"mu": teacher_latent, "x_hat": data.train.num_node_features}
-    alpha = distill.alpha
     setup = teacher_setup(ctx, data, VGAE_TEACHER, teacher_path if alpha > 0 else None, widths)
     budget, plan = plan_graph_batches(
         model, data.train, vgae_student_loss(setup.planning_source, alpha), device, ctx.profile.safety_factor,
