@@ -473,3 +473,182 @@ def plan_graph_batches(
             f"{' even with gradient checkpointing' if plan.checkpointing else ''}; levers: raise safety_factor, "
             "lower model.hidden / model.heads, request more memory, or offload the teacher")
     return budget, plan
+
+
+# -- heterogeneous graphs: a cost per node type and per edge type ----------------------------------
+#
+# In a heterogeneous model the bytes a node or an edge costs depend on its type: in HGT a node
+# type that is the source of many message types gets a key and value projection per message
+# type. The fit therefore has one coefficient per node type and per edge type, measured on real
+# sampled batches of varied composition and fit by least squares, pulled (ridge) towards the
+# pooled line where the probes cannot tell two types apart.
+
+@dataclass
+class HeteroProbePoint:
+    nodes: dict[str, int]
+    edges: dict[str, int]
+    peak_bytes: int
+
+
+@dataclass
+class HeteroActivationFit:
+    """bytes = base + sum_t per_node[t] * nodes[t] + sum_r per_edge[r] * edges[r] (one forward+backward)."""
+
+    base: float
+    per_node: dict[str, float]
+    per_edge: dict[str, float]
+    points: list[HeteroProbePoint] = field(default_factory=list)
+    mode: str = "measured"
+
+    def predict(self, nodes: dict[str, float], edges: dict[str, float]) -> float:
+        return (self.base + sum(self.per_node.get(t, 0.0) * n for t, n in nodes.items())
+                + sum(self.per_edge.get(r, 0.0) * e for r, e in edges.items()))
+
+    def max_error(self) -> float:
+        return max((abs(self.predict(p.nodes, p.edges) - p.peak_bytes) / max(p.peak_bytes, 1) for p in self.points),
+                   default=0.0)
+
+    def pooled(self) -> ActivationFit:
+        """The same costs as one line in total nodes and edges, averaged with the probes' type mix."""
+        n_tot = {t: sum(p.nodes.get(t, 0) for p in self.points) for t in self.per_node}
+        e_tot = {r: sum(p.edges.get(r, 0) for p in self.points) for r in self.per_edge}
+        per_node = sum(self.per_node[t] * n for t, n in n_tot.items()) / max(sum(n_tot.values()), 1)
+        per_edge = sum(self.per_edge[r] * e for r, e in e_tot.items()) / max(sum(e_tot.values()), 1)
+        points = [ProbePoint(sum(p.nodes.values()), sum(p.edges.values()), p.peak_bytes) for p in self.points]
+        return ActivationFit(self.base, per_node, per_edge, points, f"{self.mode}, per node and edge type")
+
+
+def fit_hetero_line(points: list[HeteroProbePoint], ridge: float = 0.05) -> HeteroActivationFit:
+    """Non-negative least squares over per-type coefficients, with a ridge towards the pooled line."""
+    from scipy.optimize import lsq_linear
+
+    if len(points) < 2:
+        raise ValueError("need at least two probes to fit an activation cost")
+    node_types = sorted({t for p in points for t in p.nodes})
+    edge_types = sorted({r for p in points for r in p.edges})
+    a = np.array([[1.0] + [p.nodes.get(t, 0) for t in node_types] + [p.edges.get(r, 0) for r in edge_types]
+                  for p in points])
+    b = np.array([p.peak_bytes for p in points], dtype=float)
+    pooled = fit_line([ProbePoint(sum(p.nodes.values()), sum(p.edges.values()), p.peak_bytes) for p in points])
+    prior = np.array([pooled.base] + [pooled.per_node] * len(node_types) + [pooled.per_edge] * len(edge_types))
+    # Columns scaled to unit RMS so one ridge weight means the same for a rare and a common type.
+    scale = np.sqrt((a ** 2).mean(axis=0))
+    scale[scale == 0] = 1.0
+    lam = np.sqrt(ridge * len(points))
+    aug_a = np.vstack([a / scale, lam * np.eye(a.shape[1])])
+    aug_b = np.concatenate([b, lam * prior * scale])
+    coef = lsq_linear(aug_a, aug_b, bounds=(0, np.inf)).x / scale
+    return HeteroActivationFit(base=float(coef[0]),
+                               per_node={t: float(c) for t, c in zip(node_types, coef[1:1 + len(node_types)])},
+                               per_edge={r: float(c) for r, c in zip(edge_types, coef[1 + len(node_types):])},
+                               points=points)
+
+
+def measure_hetero_activation_cost(run_step: Callable[[Any], None], batches: Iterable[Any], device: torch.device,
+                                   count: Callable[[Any], tuple[dict[str, int], dict[str, int]]]
+                                   ) -> HeteroActivationFit:
+    """Peak live bytes of forward+backward on each probe batch, fit per node and edge type."""
+    points = []
+    for batch in batches:
+        nodes, edges = count(batch)
+        peak = measure_step_peak(lambda: run_step(batch), device)
+        points.append(HeteroProbePoint(nodes, edges, peak))
+        del batch
+    return fit_hetero_line(points)
+
+
+@dataclass
+class CompositionFit:
+    """Expected batch content as a line in the seed count, capped at the graph's totals.
+
+    Linear in the seeds overestimates large batches (their neighbourhoods overlap more), which
+    errs on the safe side.
+    """
+
+    node_line: dict[str, tuple[float, float]]
+    """Node type -> (intercept, slope) of nodes per batch against seed edges."""
+    edge_line: dict[str, tuple[float, float]]
+    node_cap: dict[str, int]
+    edge_cap: dict[str, int]
+
+    def at(self, seeds: int) -> tuple[dict[str, float], dict[str, float]]:
+        nodes = {t: min(a + b * seeds, self.node_cap.get(t, np.inf)) for t, (a, b) in self.node_line.items()}
+        edges = {r: min(a + b * seeds, self.edge_cap.get(r, np.inf)) for r, (a, b) in self.edge_line.items()}
+        return nodes, edges
+
+
+def fit_composition(seeds: list[int], points: list[HeteroProbePoint], node_cap: dict[str, int],
+                    edge_cap: dict[str, int]) -> CompositionFit:
+    def line(values: list[float]) -> tuple[float, float]:
+        x, y = np.asarray(seeds, dtype=float), np.asarray(values, dtype=float)
+        if np.ptp(x) == 0:
+            return 0.0, float(y.mean() / max(x.mean(), 1))
+        slope, intercept = np.polyfit(x, y, 1)
+        if slope < 0:
+            return float(y.max()), 0.0
+        return max(float(intercept), 0.0), float(slope)
+
+    node_types = sorted({t for p in points for t in p.nodes})
+    edge_types = sorted({r for p in points for r in p.edges})
+    return CompositionFit({t: line([p.nodes.get(t, 0) for p in points]) for t in node_types},
+                          {r: line([p.edges.get(r, 0) for p in points]) for r in edge_types},
+                          dict(node_cap), dict(edge_cap))
+
+
+@dataclass
+class HeteroBatchPlan:
+    """Seed edges per step (and per edge type), the batch sizes per node type they lead to, and why."""
+
+    seed_edges: int
+    seeds_per_edge_type: dict[str, int]
+    nodes: dict[str, int]
+    """Expected nodes of each type in a batch: the batch size per node type."""
+    edges: dict[str, int]
+    predicted_bytes: int
+    reason: str
+
+
+def plan_hetero_batches(budget: MemoryBudget, fit: HeteroActivationFit, composition: CompositionFit,
+                        allocate: Callable[[int], dict[str, int]], max_seed_edges: int) -> HeteroBatchPlan:
+    """The most seed edges per step (up to ``max_seed_edges``) whose predicted peak fits the budget."""
+    usable = budget.usable_for_activations
+
+    def predicted(seeds: int) -> float:
+        return fit.predict(*composition.at(seeds))
+
+    if usable <= 0 or predicted(1) > usable:
+        raise MemoryError(
+            f"a batch of one seed edge needs {_fmt(predicted(1))} but only {_fmt(max(usable, 0))} is left for "
+            f"activations after {_fmt(budget.static_total + budget.fixed_total)} of static memory: lower "
+            "kg_model dims or kg.fanouts, or request more memory")
+    lo, hi = 1, max(1, max_seed_edges)
+    if predicted(hi) <= usable:
+        lo, reason = hi, "capped by kg.max_seed_edges"
+    else:
+        reason = "memory budget"
+        while lo < hi - 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if predicted(mid) <= usable else (lo, mid)
+    nodes, edges = composition.at(lo)
+    return HeteroBatchPlan(seed_edges=lo, seeds_per_edge_type=allocate(lo), nodes={t: int(n) for t, n in nodes.items()},
+                           edges={r: int(e) for r, e in edges.items()}, predicted_bytes=int(predicted(lo)),
+                           reason=reason)
+
+
+def save_hetero_plan(path: str | os.PathLike, budget: MemoryBudget, fit: HeteroActivationFit,
+                     composition: CompositionFit, plan: HeteroBatchPlan, key: str) -> None:
+    io.write_json(path, {"key": key, "budget": asdict(budget), "fit": asdict(fit),
+                         "composition": asdict(composition), "plan": asdict(plan)})
+
+
+def load_hetero_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, HeteroBatchPlan] | None:
+    """The cached plan for ``key`` (model, graph, device, budget), or None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != key:
+        return None
+    act = data["budget"].pop("activation")
+    pooled = ActivationFit(**{**act, "points": [ProbePoint(**p) for p in act["points"]]})
+    return MemoryBudget(**data["budget"], activation=pooled), HeteroBatchPlan(**data["plan"])

@@ -33,6 +33,9 @@ EMBEDDINGS = "embeddings.parquet"
 
 
 def run(ctx) -> dict[str, Any]:
+    if ctx.profile.task == "kg":
+        from pipeline.kg.export import run_kg_export
+        return run_kg_export(ctx)
     return export_can(ctx)
 
 

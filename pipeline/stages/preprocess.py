@@ -44,6 +44,9 @@ WRITERS = 2
 
 def run(ctx) -> dict[str, Any]:
     """Stage entry: build the cache unless one with the same key exists; return where it is."""
+    if ctx.profile.task == "kg":
+        from pipeline.kg.preprocess import run_kg_preprocess
+        return run_kg_preprocess(ctx)
     return preprocess(ctx.profile, ctx.log)
 
 

@@ -1,0 +1,123 @@
+"""Export stage for task: kg: embeddings of every node of every trained model, and their report.
+
+For each model of the chain (teacher, then student), in ``export/<role>/``::
+
+    embeddings.parquet, embeddings.csv   node_type, node_id, node_name, e0 .. e{D-1}
+    report.json, report.md               geometry, held-out link prediction, label macro-F1
+    pca.png                              2-D PCA of a node sample, coloured by type (or label)
+
+Embeddings come from layer-wise inference over node chunks (``pipeline.kg.inference``), so peak
+memory is set by ``kg.export_chunk_nodes`` / ``kg.export_chunk_edges``, not by the graph's edge
+count. Files are written in row chunks through a temporary name and renamed. A collapsed
+embedding fails the stage after every report is written, so the reports can be read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from pipeline import io
+from pipeline.kg.cache import KGGraph
+from pipeline.kg.inference import layerwise_embeddings
+from pipeline.kg.report import (EmbeddingCollapsed, check_collapse, geometry, label_f1, link_prediction, markdown,
+                                mean_link_metrics, pca_plot, sample_nodes)
+from pipeline.train import configure_threads, load_model
+
+ROLES = ("teacher", "student")
+WRITE_ROWS = 16_384
+
+
+def run_kg_export(ctx) -> dict[str, Any]:
+    configure_threads(ctx.profile.train.threads)
+    graph = KGGraph.open(ctx.upstream["preprocess"]["cache_dir"])
+    roles = [r for r in ROLES if r in ctx.upstream]
+    if not roles:
+        raise ValueError("export needs a trained model: add teacher (and optionally student) to stages")
+    results, failures = {}, []
+    for role in roles:
+        out = ctx.dir / role
+        out.mkdir(parents=True, exist_ok=True)
+        model = load_model(ctx.upstream[role]["best_checkpoint"], device="cpu")
+        ctx.log.info("%s: layer-wise inference over %d nodes", role, sum(graph.num_nodes.values()))
+        emb = layerwise_embeddings(model, graph, ctx.profile.kg.export_chunk_nodes, ctx.profile.kg.export_chunk_edges,
+                                   ctx.device, progress=ctx.log.info)
+        write_embeddings(graph, emb, out / "embeddings.parquet", out / "embeddings.csv")
+        report = embedding_report(ctx.profile, graph, emb, model, role, out)
+        ctx.log.info("%s: %s", role, _headline(report))
+        results[role] = {"dir": str(out), **_headline_numbers(report)}
+        try:
+            check_collapse(role, report["geometry"], ctx.profile.kg.collapse_max_cosine,
+                           ctx.profile.kg.collapse_min_components, out / "report.md")
+        except EmbeddingCollapsed as exc:
+            ctx.log.error("%s", exc)
+            failures.append(str(exc))
+    if failures:
+        raise EmbeddingCollapsed(" | ".join(failures))
+    return {"models": results}
+
+
+def embedding_report(profile, graph: KGGraph, emb: dict[str, np.ndarray], model, role: str, out: Path) -> dict[str, Any]:
+    """Compute the report of one model's embeddings and write report.json, report.md and pca.png."""
+    kg = profile.kg
+    x, type_of = sample_nodes(emb, kg.report_sample, seed=kg.split_seed)
+    geo = geometry(x, type_of)
+    lp = link_prediction(emb, model.rel.detach().cpu(), graph, kg.eval_negatives, seed=kg.split_seed)
+    labels = None
+    if kg.labels_file:
+        labels = label_f1(emb, graph, _resolve(profile, kg.labels_file), kg.label_test_fraction)
+    legend = [graph.type_name(t) for t in emb]
+    pca_plot(x, type_of, legend, f"{role} embeddings: PCA of {len(x)} sampled nodes, by node type", out / "pca.png")
+    report = {"model": type(model).__name__, "role": role, "dim": int(next(iter(emb.values())).shape[1]),
+              "nodes": int(sum(a.shape[0] for a in emb.values())), "geometry": geo, "negatives": kg.eval_negatives,
+              "link_prediction": lp, "link_prediction_mean": mean_link_metrics(lp), "labels": labels,
+              "edge_split": {"val_fraction": kg.val_fraction, "test_fraction": kg.test_fraction,
+                             "holdout_max": kg.holdout_max, "split_seed": kg.split_seed,
+                             "rule": "per edge type; every node keeps one random training edge"},
+              "plot": str(out / "pca.png")}
+    io.write_json(out / "report.json", report)
+    io.write_text(out / "report.md", markdown(role, report))
+    return report
+
+
+def write_embeddings(graph: KGGraph, emb: dict[str, np.ndarray], parquet_path: Path, csv_path: Path) -> None:
+    """Both files in row chunks (never the whole table as Python objects), each renamed into place."""
+    dim = int(next(iter(emb.values())).shape[1])
+    schema = pa.schema([("node_type", pa.string()), ("node_id", pa.string()), ("node_name", pa.string())]
+                       + [(f"e{j}", pa.float32()) for j in range(dim)])
+    with io.atomic_path(parquet_path) as pq_tmp, io.atomic_path(csv_path) as csv_tmp:
+        with pq.ParquetWriter(pq_tmp, schema) as pq_out, pcsv.CSVWriter(csv_tmp, schema) as csv_out:
+            for t, table in emb.items():
+                nodes = graph.node_table(t)
+                name = graph.type_name(t)
+                for lo in range(0, table.shape[0], WRITE_ROWS):
+                    block = np.asarray(table[lo:lo + WRITE_ROWS], dtype=np.float32)
+                    n = block.shape[0]
+                    columns = [pa.array([name] * n, pa.string()), nodes.column("node_id").slice(lo, n),
+                               nodes.column("node_name").slice(lo, n)]
+                    columns += [pa.array(block[:, j]) for j in range(dim)]
+                    batch = pa.Table.from_arrays([pa.chunked_array(c) if isinstance(c, pa.ChunkedArray) else c
+                                                  for c in columns], schema=schema)
+                    pq_out.write_table(batch)
+                    csv_out.write_table(batch)
+
+
+def _resolve(profile, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else profile.dataset_path / p
+
+
+def _headline_numbers(report: dict[str, Any]) -> dict[str, Any]:
+    out = {"mean_cosine": report["geometry"]["mean_cosine"], "pca_components_90": report["geometry"]["pca_components_90"],
+           "link_auc": report["link_prediction_mean"]["auc"], "link_mrr": report["link_prediction_mean"]["mrr"]}
+    if report.get("labels"):
+        out["label_macro_f1"] = report["labels"]["macro_f1"]
+    return out
+
+
+def _headline(report: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in _headline_numbers(report).items())

@@ -1,0 +1,195 @@
+"""The validation report of exported embeddings: is the space healthy, and does it predict links?
+
+* Geometry, on a fixed random sample of nodes: mean pairwise cosine similarity, PCA components
+  needed for 90% of the variance, mean cosine within a node type against across types.
+* Held-out link prediction per edge type on the test edges (never seen in training): each edge
+  is scored (DistMult with the model's relation vector) against ``negatives`` corrupted tails
+  drawn uniformly from the tail's node type. AUC pools all positives and negatives; MRR is the
+  mean reciprocal rank of each positive among its own negatives (unfiltered, ties count half).
+* With a labels file (node_type, node_id, label): macro-F1 of a logistic regression on the
+  standardized embeddings of the labelled nodes, under a fixed stratified split.
+* A 2-D PCA scatter plot of the sample, coloured by node type (or by label).
+
+A collapsed embedding (mean cosine above ``max_cosine`` or fewer than ``min_components``
+components) makes :func:`check_collapse` raise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import io
+from pipeline.kg.cache import KGGraph
+from pipeline.kg.loss import rank_metrics
+
+VARIANCE_TARGET = 0.9
+LABEL_SPLIT_SEED = 0
+
+
+class EmbeddingCollapsed(RuntimeError):
+    """The embedding space collapsed; the message names the model, the numbers and the report."""
+
+
+def sample_nodes(emb: dict[str, np.ndarray], size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform sample of all nodes: (their embeddings, their type index)."""
+    types = list(emb)
+    counts = np.array([emb[t].shape[0] for t in types])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(offsets[-1], size=min(size, int(offsets[-1])), replace=False))
+    type_of = np.searchsorted(offsets, pick, side="right") - 1
+    rows = [np.asarray(emb[t][pick[type_of == k] - offsets[k]]) for k, t in enumerate(types)]
+    return np.concatenate(rows).astype(np.float64), type_of
+
+
+def geometry(x: np.ndarray, type_of: np.ndarray) -> dict[str, Any]:
+    """Cosine statistics and the PCA dimension of a sample of embeddings."""
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    cos = unit @ unit.T
+    off = ~np.eye(len(x), dtype=bool)
+    same = (type_of[:, None] == type_of[None, :]) & off
+    across = type_of[:, None] != type_of[None, :]
+    centered = x - x.mean(0)
+    var = np.linalg.svd(centered, compute_uv=False) ** 2
+    ratio = np.cumsum(var) / max(var.sum(), 1e-30)
+    return {
+        "sample_size": int(len(x)),
+        "mean_cosine": float(cos[off].mean()) if off.any() else float("nan"),
+        "pca_components_90": int(np.searchsorted(ratio, VARIANCE_TARGET) + 1),
+        "within_type_cosine": float(cos[same].mean()) if same.any() else float("nan"),
+        "across_type_cosine": float(cos[across].mean()) if across.any() else float("nan"),
+    }
+
+
+def link_prediction(emb: dict[str, np.ndarray], rel: torch.Tensor, graph: KGGraph, negatives: int,
+                    seed: int = 0, chunk: int = 1024) -> dict[str, dict[str, Any]]:
+    """AUC and MRR per edge type on the test split (see the module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, entry in enumerate(graph.edge_types):
+        test = graph.edges(k, "test")
+        if test.shape[1] == 0:
+            continue
+        hs_all, hd_all = torch.from_numpy(emb[entry["src_alias"]]), torch.from_numpy(emb[entry["dst_alias"]])
+        r = rel[k].float()
+        pos, neg = [], []
+        for lo in range(0, test.shape[1], chunk):
+            u, v = test[0, lo:lo + chunk], test[1, lo:lo + chunk]
+            hs = hs_all[u] * r
+            pos.append((hs * hd_all[v]).sum(-1))
+            cand = torch.randint(0, hd_all.shape[0], (u.numel(), negatives), generator=gen)
+            neg.append(torch.einsum("pd,pkd->pk", hs, hd_all[cand]))
+        auc, mrr = rank_metrics(torch.cat(pos), torch.cat(neg))
+        out[graph.edge_type_name(k)] = {"test_edges": int(test.shape[1]), "auc": auc, "mrr": mrr}
+    return out
+
+
+def label_f1(emb: dict[str, np.ndarray], graph: KGGraph, labels_path: Path,
+             test_fraction: float) -> dict[str, Any]:
+    """Macro-F1 of a logistic regression on the embeddings of labelled nodes (fixed stratified split)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = pd.read_csv(labels_path, dtype=str)
+    missing = [c for c in ("node_type", "node_id", "label") if c not in labels.columns]
+    if missing:
+        raise ValueError(f"{labels_path}: line 1 (header): missing column(s) {missing}; "
+                         "expected node_type,node_id,label")
+    xs, ys = [], []
+    for t in graph.node_types:
+        name = graph.type_name(t)
+        rows = labels[labels["node_type"] == name]
+        if rows.empty:
+            continue
+        ids = graph.node_table(t).column("node_id").to_pandas()
+        index = pd.Series(np.arange(len(ids)), index=ids.values)
+        found = rows["node_id"].map(index)
+        keep = found.notna().to_numpy()
+        xs.append(emb[t][found[keep].astype(np.int64).to_numpy()])
+        ys.append(rows["label"].to_numpy()[keep])
+    if not xs or sum(len(y) for y in ys) == 0:
+        raise ValueError(f"{labels_path}: no labelled node matches a node of the graph (by node_type and node_id)")
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    train, test = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y,
+                                   random_state=LABEL_SPLIT_SEED)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    clf.fit(x[train], y[train])
+    pred = clf.predict(x[test])
+    return {"labels_file": str(labels_path), "labelled_nodes": int(len(y)), "classes": int(len(np.unique(y))),
+            "train": int(len(train)), "test": int(len(test)),
+            "split": f"stratified, test_fraction={test_fraction}, seed={LABEL_SPLIT_SEED}",
+            "macro_f1": float(f1_score(y[test], pred, average="macro")),
+            "accuracy": float((pred == y[test]).mean())}
+
+
+def pca_plot(x: np.ndarray, colour: np.ndarray, legend: list[str], title: str, path: Path) -> None:
+    """2-D PCA scatter of the sample, one colour per node type (or label); written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centered = x - x.mean(0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    xy = centered @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centered[:, :1], np.zeros(len(x))]
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    for c in np.unique(colour):
+        m = colour == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=legend[c])
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title)
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def check_collapse(name: str, geo: dict[str, Any], max_cosine: float, min_components: int, report: Path) -> None:
+    problems = []
+    if geo["mean_cosine"] > max_cosine:
+        problems.append(f"mean pairwise cosine {geo['mean_cosine']:.3f} > {max_cosine}")
+    if geo["pca_components_90"] < min_components:
+        problems.append(f"{geo['pca_components_90']} PCA component(s) explain 90% of the variance (< {min_components})")
+    if problems:
+        raise EmbeddingCollapsed(f"{name} embeddings collapsed: {'; '.join(problems)} (report: {report}); "
+                                 "train longer, lower train.lr, or raise kg.neg_ratio")
+
+
+def markdown(name: str, report: dict[str, Any]) -> str:
+    g = report["geometry"]
+    lines = [f"# Embedding report: {name}", "",
+             f"{report['nodes']} nodes, {report['dim']} dimensions ({report['model']}).", "",
+             "| geometry (sample of %d nodes) | value |" % g["sample_size"], "|---|---|",
+             f"| mean pairwise cosine | {g['mean_cosine']:.4f} |",
+             f"| PCA components for 90% variance | {g['pca_components_90']} |",
+             f"| mean cosine within a node type | {g['within_type_cosine']:.4f} |",
+             f"| mean cosine across node types | {g['across_type_cosine']:.4f} |", "",
+             f"Held-out link prediction (test edges, {report['negatives']} uniform corrupted tails each, unfiltered):", "",
+             "| edge type | test edges | AUC | MRR |", "|---|---|---|---|"]
+    for et, m in report["link_prediction"].items():
+        lines.append(f"| {et} | {m['test_edges']} | {m['auc']:.4f} | {m['mrr']:.4f} |")
+    lp = report["link_prediction_mean"]
+    lines.append(f"| **mean over edge types** | | **{lp['auc']:.4f}** | **{lp['mrr']:.4f}** |")
+    if report.get("labels"):
+        lab = report["labels"]
+        lines += ["", f"Node classification ({lab['labels_file']}): logistic regression on standardized embeddings, "
+                      f"{lab['split']}: {lab['train']} train / {lab['test']} test nodes, {lab['classes']} classes.", "",
+                  f"macro-F1 **{lab['macro_f1']:.4f}**, accuracy {lab['accuracy']:.4f}"]
+    lines += ["", f"![PCA]({Path(report['plot']).name})", ""]
+    return "\n".join(lines)
+
+
+def mean_link_metrics(per_type: dict[str, dict[str, Any]]) -> dict[str, float]:
+    if not per_type:
+        return {"auc": float("nan"), "mrr": float("nan")}
+    return {"auc": float(np.mean([m["auc"] for m in per_type.values()])),
+            "mrr": float(np.mean([m["mrr"] for m in per_type.values()]))}

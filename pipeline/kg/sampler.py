@@ -1,0 +1,392 @@
+"""Sampled link batches: seed edges per edge type, negatives, k-hop sampled neighbourhoods.
+
+A batch is built in three steps, all vectorized:
+
+1. **Seeds.** Per edge type, the next ``b_k`` train edges of this epoch's permutation (a function
+   of (seed, epoch), so resume replays the same batches) and ``neg_ratio`` negatives per positive,
+   corrupting the head or the tail uniformly within its node type.
+2. **Neighbourhoods.** The seed nodes of every type plus, hop by hop, up to ``fanouts[h]``
+   neighbours per node and message type, drawn from the CSC adjacency of the training graph; new
+   nodes get consecutive local indices (a dense "global -> local" buffer per type, reset after
+   each batch, makes the remap O(batch)).
+3. **No answer leak.** The batch's positive edges are removed from its message graph, so the
+   model has to predict them instead of reading them off the subgraph.
+
+PyG's ``NeighborSampler`` does step 2 in C++ but needs pyg-lib or torch-sparse; ``sampler:
+auto`` uses it when one of them is importable and this pure-torch sampler otherwise. Neighbours
+of a node with more than ``fanout`` of them are drawn with replacement and deduplicated (a hub
+may get a few fewer than ``fanout`` distinct ones); fewer are all taken.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import torch
+
+from pipeline.kg.cache import EdgeType, KGGraph
+
+
+@dataclass
+class LinkTargets:
+    """Supervision of one edge type in a batch, as batch-local node indices."""
+
+    edge_type: int
+    src_type: str
+    dst_type: str
+    pos: torch.Tensor
+    """int64[2, P]: positive (src, dst) pairs."""
+    neg: torch.Tensor
+    """int64[2, Q]: negative pairs (training) or empty (evaluation uses ``candidates``)."""
+    candidates: torch.Tensor | None = None
+    """int64[K]: corrupted tails every positive is ranked against (evaluation only)."""
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "LinkTargets":
+        move = lambda t: t.to(device, non_blocking=non_blocking) if t is not None else None  # noqa: E731
+        return LinkTargets(self.edge_type, self.src_type, self.dst_type, move(self.pos), move(self.neg),
+                           move(self.candidates))
+
+
+@dataclass
+class KGBatch:
+    """A sampled subgraph with its link targets; what the Trainer moves to the device."""
+
+    n_id: dict[str, torch.Tensor]
+    """Node type -> ids (local index within the type in the cache) of the batch nodes; seeds first."""
+    edge_index: dict[EdgeType, torch.Tensor]
+    """Message type -> int64[2, e] batch-local (src, dst); only non-empty types, in metadata order."""
+    targets: list[LinkTargets] = field(default_factory=list)
+
+    @property
+    def num_graphs(self) -> int:
+        """Positive seed edges: the Trainer weighs each batch's loss by this count."""
+        return int(sum(t.pos.shape[1] for t in self.targets))
+
+    @property
+    def num_nodes(self) -> int:
+        return int(sum(v.numel() for v in self.n_id.values()))
+
+    @property
+    def num_edges(self) -> int:
+        return int(sum(v.shape[1] for v in self.edge_index.values()))
+
+    def node_counts(self) -> dict[str, int]:
+        return {t: int(v.numel()) for t, v in self.n_id.items()}
+
+    def edge_counts(self) -> dict[str, int]:
+        return {"__".join(k): int(v.shape[1]) for k, v in self.edge_index.items()}
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "KGBatch":
+        return KGBatch({t: v.to(device, non_blocking=non_blocking) for t, v in self.n_id.items()},
+                       {k: v.to(device, non_blocking=non_blocking) for k, v in self.edge_index.items()},
+                       [t.to(device, non_blocking) for t in self.targets])
+
+
+# -- neighbour sampling backends ---------------------------------------------------------------------
+
+class TorchNeighborSampler:
+    """k-hop heterogeneous neighbour sampling in pure torch over the cache's CSC arrays."""
+
+    def __init__(self, graph: KGGraph, fanouts: list[int]):
+        self.graph = graph
+        self.fanouts = list(fanouts)
+        self._assoc = {t: torch.full((n,), -1, dtype=torch.long) for t, n in graph.num_nodes.items()}
+
+    def sample(self, seeds: dict[str, torch.Tensor], generator: torch.Generator
+               ) -> tuple[dict[str, torch.Tensor], dict[EdgeType, torch.Tensor]]:
+        """``seeds``: unique ids per node type. Returns (n_id per type, seeds first; edges per message type)."""
+        n_id: dict[str, list[torch.Tensor]] = {t: [] for t in self.graph.node_types}
+        count = {t: 0 for t in self.graph.node_types}
+        frontier: dict[str, torch.Tensor] = {}
+        for t, ids in seeds.items():
+            self._add(t, ids, n_id, count)
+            frontier[t] = ids
+        parts: dict[EdgeType, list[torch.Tensor]] = {mt: [] for mt in self.graph.message_types}
+        try:
+            for fanout in self.fanouts:
+                grown: dict[str, list[torch.Tensor]] = {t: [] for t in self.graph.node_types}
+                for mt in self.graph.message_types:
+                    src_t, _, dst_t = mt
+                    dst = frontier.get(dst_t)
+                    if dst is None or dst.numel() == 0:
+                        continue
+                    src_g, owner = _sample_incoming(*self.graph.csc[mt], dst, fanout, generator)
+                    if src_g.numel() == 0:
+                        continue
+                    new = torch.unique(src_g[self._assoc[src_t][src_g] < 0])
+                    if new.numel():
+                        self._add(src_t, new, n_id, count)
+                        grown[src_t].append(new)
+                    parts[mt].append(torch.stack([self._assoc[src_t][src_g], self._assoc[dst_t][dst[owner]]]))
+                frontier = {t: torch.cat(v) for t, v in grown.items() if v}
+            nodes = {t: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for t, v in n_id.items()}
+        finally:
+            for t, v in n_id.items():
+                for ids in v:
+                    self._assoc[t][ids] = -1
+        edges = {}
+        for mt, chunks in parts.items():
+            if chunks:
+                ei = torch.cat(chunks, dim=1)
+                edges[mt] = _unique_pairs(ei, nodes[mt[2]].numel())
+        return nodes, edges
+
+    def _add(self, t: str, ids: torch.Tensor, n_id: dict[str, list[torch.Tensor]], count: dict[str, int]) -> None:
+        self._assoc[t][ids] = torch.arange(count[t], count[t] + ids.numel())
+        count[t] += ids.numel()
+        n_id[t].append(ids)
+
+
+def _sample_incoming(ptr: torch.Tensor, col: torch.Tensor, dst: torch.Tensor, fanout: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``fanout`` incoming neighbours of each ``dst`` node: (their ids, the dst position each serves)."""
+    start = ptr[dst]
+    deg = ptr[dst + 1] - start
+    cnt = deg.clamp(max=fanout)
+    total = int(cnt.sum())
+    if total == 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    owner = torch.repeat_interleave(torch.arange(dst.numel()), cnt)
+    offset = torch.arange(total) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
+    deg_o = deg[owner]
+    drawn = (torch.rand(total, generator=generator, dtype=torch.float64) * deg_o).long()
+    pos = torch.where(deg_o <= fanout, offset, drawn)
+    return col[start[owner] + pos], owner
+
+
+def _unique_pairs(edge_index: torch.Tensor, num_dst: int) -> torch.Tensor:
+    key = torch.unique(edge_index[0] * max(num_dst, 1) + edge_index[1])
+    return torch.stack([key // max(num_dst, 1), key % max(num_dst, 1)])
+
+
+class PygNeighborSampler:
+    """The same interface on top of PyG's ``NeighborSampler`` (pyg-lib / torch-sparse kernels).
+
+    PyG draws from its own random stream, so batches are reproducible only as far as those
+    kernels are; the pure-torch sampler is exactly reproducible per (seed, epoch).
+    """
+
+    def __init__(self, graph: KGGraph, fanouts: list[int]):
+        from torch_geometric.data import HeteroData
+        from torch_geometric.sampler import NeighborSampler
+
+        data = HeteroData()
+        for t, n in graph.num_nodes.items():
+            data[t].num_nodes = n
+        for mt, (ptr, col) in graph.csc.items():
+            dst = torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr.diff())
+            data[mt].edge_index = torch.stack([col.clone(), dst])
+        self.graph = graph
+        self.sampler = NeighborSampler(data, num_neighbors={mt: list(fanouts) for mt in graph.message_types})
+
+    def sample(self, seeds: dict[str, torch.Tensor], generator: torch.Generator
+               ) -> tuple[dict[str, torch.Tensor], dict[EdgeType, torch.Tensor]]:
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        out = self.sampler._sample(seeds)
+        empty = torch.zeros(0, dtype=torch.long)
+        nodes = {t: out.node.get(t, empty) for t in self.graph.node_types}
+        edges = {mt: torch.stack([out.row[mt], out.col[mt]]) for mt in self.graph.message_types
+                 if mt in out.row and out.row[mt].numel()}
+        return nodes, edges
+
+
+def pyg_sampling_available() -> bool:
+    import torch_geometric.typing as pyg_typing
+
+    return bool(pyg_typing.WITH_PYG_LIB or pyg_typing.WITH_TORCH_SPARSE)
+
+
+def make_neighbor_sampler(graph: KGGraph, fanouts: list[int], kind: Literal["auto", "torch", "pyg"] = "auto"):
+    """PyG's sampler when its kernels are importable (``auto``) or demanded (``pyg``), else pure torch."""
+    if kind == "pyg" and not pyg_sampling_available():
+        raise ImportError("kg.sampler=pyg needs pyg-lib or torch-sparse, and neither is importable; "
+                          "set kg.sampler=auto or torch to use the pure-torch sampler")
+    if kind == "pyg" or (kind == "auto" and pyg_sampling_available()):
+        return PygNeighborSampler(graph, fanouts)
+    return TorchNeighborSampler(graph, fanouts)
+
+
+# -- assembling batches --------------------------------------------------------------------------------
+
+def assemble(graph: KGGraph, sampler, pairs: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]],
+             generator: torch.Generator) -> KGBatch:
+    """Sample the neighbourhood of the pairs' endpoints and express the pairs in batch indices.
+
+    ``pairs``: per edge type k, (k, positives [2, P], negatives [2, Q], candidate tails [K] or None),
+    all as ids within their node types.
+    """
+    ends: dict[str, list[torch.Tensor]] = {t: [] for t in graph.node_types}
+    for k, pos, neg, cand in pairs:
+        a, b = graph.edge_types[k]["src_alias"], graph.edge_types[k]["dst_alias"]
+        ends[a] += [pos[0], neg[0]]
+        ends[b] += [pos[1], neg[1]] + ([cand] if cand is not None else [])
+    seeds = {t: torch.unique(torch.cat(v)) for t, v in ends.items() if v and sum(x.numel() for x in v)}
+    nodes, edges = sampler.sample(seeds, generator)
+    edges = _drop_targets(graph, nodes, edges, pairs)
+    local = lambda t, ids: torch.searchsorted(seeds[t], ids)  # noqa: E731  (seeds lead n_id, sorted)
+    targets = []
+    for k, pos, neg, cand in pairs:
+        a, b = graph.edge_types[k]["src_alias"], graph.edge_types[k]["dst_alias"]
+        targets.append(LinkTargets(k, a, b, torch.stack([local(a, pos[0]), local(b, pos[1])]),
+                                   torch.stack([local(a, neg[0]), local(b, neg[1])]),
+                                   local(b, cand) if cand is not None else None))
+    ordered = {mt: edges[mt] for mt in graph.message_types if mt in edges and edges[mt].shape[1]}
+    return KGBatch(nodes, ordered, targets)
+
+
+def _drop_targets(graph: KGGraph, nodes: dict[str, torch.Tensor], edges: dict[EdgeType, torch.Tensor],
+                  pairs: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> dict[EdgeType, torch.Tensor]:
+    """Remove the batch's positive edges (in every direction they are carried) from its message graph."""
+    for k, pos, _, _ in pairs:
+        if pos.numel() == 0:
+            continue
+        for mt, direction in graph.messages_of(k):
+            if mt not in edges:
+                continue
+            src_t, _, dst_t = mt
+            n_dst = graph.num_nodes[dst_t]
+            ei = edges[mt]
+            key = nodes[src_t][ei[0]] * n_dst + nodes[dst_t][ei[1]]
+            fwd, rev = pos[0] * n_dst + pos[1], pos[1] * n_dst + pos[0]
+            banned = {"fwd": fwd, "rev": rev, "sym": torch.cat([fwd, rev])}[direction]
+            edges[mt] = ei[:, ~torch.isin(key, banned)]
+    return edges
+
+
+def corrupt(pos: torch.Tensor, ratio: int, num_src: int, num_dst: int, generator: torch.Generator) -> torch.Tensor:
+    """``ratio`` negatives per positive: each replaces the head or the tail (coin flip) uniformly."""
+    rep = pos.repeat(1, ratio)
+    n = rep.shape[1]
+    head = torch.rand(n, generator=generator) < 0.5
+    new_src = torch.randint(0, num_src, (n,), generator=generator)
+    new_dst = torch.randint(0, num_dst, (n,), generator=generator)
+    return torch.stack([torch.where(head, new_src, rep[0]), torch.where(head, rep[1], new_dst)])
+
+
+def allocate_seeds(train_counts: dict[int, int], total: int) -> dict[int, int]:
+    """Seed edges per edge type, proportional to its train edges (at least 1, at most all of them)."""
+    n_all = max(sum(train_counts.values()), 1)
+    return {k: max(1, min(n, round(total * n / n_all))) for k, n in train_counts.items() if n > 0}
+
+
+# -- loaders ----------------------------------------------------------------------------------------------
+
+class LinkBatchLoader:
+    """The train loader: ``len`` steps per epoch of sampled link batches, reproducible per (seed, epoch).
+
+    ``max_nodes`` is the Trainer's generic name for the batch budget; here it is the number of
+    seed (positive) edges per step, split over edge types in proportion to their train edges.
+    ``shrink`` halves it after an out-of-memory step.
+    """
+
+    def __init__(self, graph: KGGraph, seed_edges: int, fanouts: list[int], neg_ratio: int = 1, seed: int = 0,
+                 steps_per_epoch: int | None = None, sampler: Literal["auto", "torch", "pyg"] = "auto"):
+        self.graph = graph
+        self.fanouts = list(fanouts)
+        self.neg_ratio = neg_ratio
+        self.seed = seed
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+        self.sampler = make_neighbor_sampler(graph, fanouts, sampler)
+        self.train = {k: graph.edges(k, "train") for k in range(len(graph.edge_types))}
+        self.train_counts = {k: int(e.shape[1]) for k, e in self.train.items()}
+        self._budget = max(1, seed_edges)
+
+    # -- budget -----------------------------------------------------------
+    @property
+    def max_nodes(self) -> int:
+        return self._budget
+
+    @max_nodes.setter
+    def max_nodes(self, value: int) -> None:
+        self._budget = max(1, int(value))
+
+    @property
+    def seeds_per_type(self) -> dict[int, int]:
+        return allocate_seeds(self.train_counts, self._budget)
+
+    def shrink(self, factor: float) -> int:
+        if self._budget <= 1:
+            raise MemoryError("a batch of one seed edge does not fit")
+        self._budget = max(1, int(self._budget * factor))
+        return self._budget
+
+    # -- iteration ----------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
+        per = self.seeds_per_type
+        return max((math.ceil(self.train_counts[k] / b) for k, b in per.items()), default=0)
+
+    def _generator(self, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 7 + salt)
+
+    def __iter__(self) -> Iterator[KGBatch]:
+        steps, per = len(self), self.seeds_per_type
+        gen = self._generator()
+        order = {k: _epoch_order(self.train_counts[k], steps * b, gen) for k, b in per.items()}
+        for step in range(steps):
+            yield self.batch({k: order[k][step * b:(step + 1) * b] for k, b in per.items()}, gen)
+
+    def batch(self, picks: dict[int, torch.Tensor], generator: torch.Generator) -> KGBatch:
+        """The batch of the given train-edge positions per edge type (also used by memory probes)."""
+        pairs = []
+        for k, idx in picks.items():
+            e = self.graph.edge_types[k]
+            pos = self.train[k][:, idx]
+            neg = corrupt(pos, self.neg_ratio, self.graph.num_nodes[e["src_alias"]],
+                          self.graph.num_nodes[e["dst_alias"]], generator)
+            pairs.append((k, pos, neg, None))
+        return assemble(self.graph, self.sampler, pairs, generator)
+
+    def random_batch(self, seeds_per_type: dict[int, int], generator: torch.Generator) -> KGBatch:
+        return self.batch({k: torch.randint(0, self.train_counts[k], (b,), generator=generator)
+                           for k, b in seeds_per_type.items() if self.train_counts.get(k)}, generator)
+
+
+def _epoch_order(n: int, needed: int, generator: torch.Generator) -> torch.Tensor:
+    """``needed`` positions in 0..n-1: whole random permutations, repeated while more are needed."""
+    reps = max(1, math.ceil(needed / max(n, 1)))
+    return torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])[:needed]
+
+
+class LinkEvalLoader:
+    """Held-out edges (val or test) in sampled batches, each ranked against shared corrupted tails.
+
+    The same batches every time (fixed generator), so validation scores are comparable across
+    epochs. Neighbourhoods come from the training graph, which never contains held-out edges.
+    """
+
+    def __init__(self, graph: KGGraph, split: str, fanouts: list[int], batch_edges: int = 512,
+                 max_per_type: int | None = 500, negatives: int = 100, seed: int = 0,
+                 sampler: Literal["auto", "torch", "pyg"] = "auto"):
+        self.graph = graph
+        self.batch_edges = batch_edges
+        self.negatives = negatives
+        self.seed = seed
+        self.sampler = make_neighbor_sampler(graph, fanouts, sampler)
+        gen = torch.Generator().manual_seed(seed)
+        self.edges: dict[int, torch.Tensor] = {}
+        for k in range(len(graph.edge_types)):
+            e = graph.edges(k, split)
+            if e.shape[1] == 0:
+                continue
+            if max_per_type is not None and e.shape[1] > max_per_type:
+                e = e[:, torch.randperm(e.shape[1], generator=gen)[:max_per_type]]
+            self.edges[k] = e
+
+    def __len__(self) -> int:
+        return sum(math.ceil(e.shape[1] / self.batch_edges) for e in self.edges.values())
+
+    def __iter__(self) -> Iterator[KGBatch]:
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        for k, e in self.edges.items():
+            num_dst = self.graph.num_nodes[self.graph.edge_types[k]["dst_alias"]]
+            for start in range(0, e.shape[1], self.batch_edges):
+                pos = e[:, start:start + self.batch_edges]
+                cand = torch.randint(0, num_dst, (self.negatives,), generator=gen)
+                yield assemble(self.graph, self.sampler, [(k, pos, pos[:, :0], cand)], gen)
