@@ -115,7 +115,7 @@ def stage_rows(run: RunDir, stages: list[str], done: dict[str, DoneState], recor
         record = records.get(stage, {})
         job_id = record.get("job_id")
         job = (sacct or {}).get(job_id) if job_id else None
-        status = run.read_status(stage)
+        status = current_status(run.read_status(stage), job_id)
         state, detail = resolve_state(stage, done.get(stage), status, job, bool(record), process_alive(status))
         upstream = [r for r in rows if r.stage in needs[stage]]
         if state == "out_of_memory":
@@ -133,6 +133,15 @@ def stage_rows(run: RunDir, stages: list[str], done: dict[str, DoneState], recor
             log=_log(run, stage, record, state),
         ))
     return rows
+
+
+def current_status(status: dict[str, Any], job_id: str | None) -> dict[str, Any]:
+    """status.json, unless an older job of the stage wrote it: a resumed job that sacct does not list
+    yet must read as submitted, not as the old job's end."""
+    written_by = status.get("job_id")
+    if job_id and written_by and str(written_by) != str(job_id):
+        return {}
+    return status
 
 
 def _oom_advice(run: RunDir, stage: str, record: dict[str, Any]) -> str:

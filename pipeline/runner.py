@@ -85,7 +85,7 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
     if force and main:
         clear_stage_outputs(stage_dir)
     started = time.time()
-    job_id = os.environ.get("SLURM_JOB_ID")
+    job_id = slurm_job_id()
     if main:
         run.write_status(stage, state="running", started=started, ended=None, job_id=job_id, pid=os.getpid(),
                          error=None, log=str(stage_dir / "log"), **({"ranks": world} if world > 1 else {}))
@@ -101,7 +101,10 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
         if main:
             run.write_status(stage, state=state, ended=time.time(), peak_rss_mb=peak_rss_mb(),
                              error=f"{type(exc).__name__}: {exc}")
-        log.error("stage %s %s: %s\n%s", stage, state, exc, traceback.format_exc())
+        if state == "interrupted":  # no traceback: the scheduler stopped it, the stage did nothing wrong
+            log.warning("stage %s interrupted (%s: %s)", stage, type(exc).__name__, exc)
+        else:
+            log.error("stage %s %s: %s\n%s", stage, state, exc, traceback.format_exc())
         raise
     ended = time.time()
     summary = {**summary, "elapsed_s": round(ended - started, 3), "peak_rss_mb": peak_rss_mb()}
@@ -111,6 +114,12 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
     run.write_status(stage, state="done", ended=ended, peak_rss_mb=summary["peak_rss_mb"], error=None)
     log.info("stage %s done in %.1fs", stage, ended - started)
     return run.done_record(stage) or summary
+
+
+def slurm_job_id() -> str | None:
+    """This job's id as sacct and jobs.json name it: <array>_<task> for a task of a job array."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 def _launched_rank() -> tuple[int, int]:

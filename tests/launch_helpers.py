@@ -2,12 +2,13 @@
 jobs in the real cluster with a deadline, and a graph cache of the CI profile built once per session."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import pytest
 
@@ -64,6 +65,28 @@ def wait_settled(run: RunDir, stages: Iterable[str], timeout: float = 300) -> di
 
 def job_ids(run: RunDir) -> dict[str, str]:
     return {stage: record["job_id"] for stage, record in latest_records(run).items()}
+
+
+def all_job_ids(*runs: RunDir) -> list[str]:
+    """Every job these runs ever submitted (jobs.json history), resumes included."""
+    return [record["job_id"] for run in runs for record in (run.read_jobs() or {}).get("history", [])]
+
+
+@contextlib.contextmanager
+def cancel_on_failure(cluster, runs: Callable[[], list[RunDir]]) -> Iterator[None]:
+    """If the test fails, scancel the jobs its runs submitted (and nothing else) so none lingers in
+    the shared queue; a passing test has waited for all of them already."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cluster.scancel(*all_job_ids(*runs()))
+        raise
+
+
+def wait_jobs_ended(cluster, runs: list[RunDir], timeout: float = 60) -> dict[str, str]:
+    """job id -> final sacct state of every job of ``runs`` (stages write done.json just before exit)."""
+    return {job: cluster.wait_state(job, timeout=timeout) for job in dict.fromkeys(all_job_ids(*runs))}
 
 
 def results(run: RunDir) -> list[dict]:

@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 from submitit.slurm.slurm import SlurmExecutor
 
 from jobs import slurm
@@ -102,6 +103,7 @@ def test_rendered_sbatch_script_is_pinned(monkeypatch):
     profile = load_profile("local", [
         "resources.teacher.partition=gpu", "resources.teacher.account=proj1", "resources.teacher.qos=high",
         "resources.teacher.gpus=1", "resources.teacher.mem_gb=12.5", "resources.teacher.extra={constraint: a100}",
+        "resources.teacher.cpus=2", "resources.teacher.time_min=240",
     ])
     executor = SlurmLauncher()._executor(Path("/runs/local/r1"), executor_parameters(profile, "teacher", ["101", "102"]))
     text = executor._executor._make_submission_file_text("python -u -m submitit.core._submit /runs/local/r1/logs/%j", "u")
@@ -401,15 +403,15 @@ def test_submit_sweep_makes_one_array_per_stage(fake_slurm, tmp_path, capsys):
 
 def test_sweep_over_profiles_shares_arrays_only_where_resources_match(fake_slurm, tmp_path):
     runs = tmp_path / "runs"
-    wide = tmp_path / "wide.yaml"
-    wide.write_text((Path("profiles") / "local.yaml").read_text().replace("teacher: {gpus: 0, mem_gb: 4}",
-                                                                         "teacher: {gpus: 0, mem_gb: 8}"))
-    assert main(["submit", "--profile", f"local,{wide}", "--runs-root", str(runs)]) == 0
-    (local,) = (runs / "local").iterdir()
+    wide = yaml.safe_load(Path("profiles/ci.yaml").read_text())
+    wide["resources"]["teacher"]["mem_gb"] = 8
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(wide))
+    assert main(["submit", "--profile", f"ci,{tmp_path / 'wide.yaml'}", "--runs-root", str(runs)]) == 0
+    (ci,) = (runs / "ci").iterdir()
     (other,) = (runs / "wide").iterdir()
-    ids = [{s: r["job_id"] for s, r in latest_records(RunDir(p)).items()} for p in (local, other)]
-    # preprocess: one array; teacher: 8G vs 4G, so one job each; evaluate: an array again, but its
-    # runs wait on different single teacher jobs, which aftercorr cannot express: one job each
+    ids = [{s: r["job_id"] for s, r in latest_records(RunDir(p)).items()} for p in (ci, other)]
+    # preprocess: one array; teacher: 8G vs 2G, so one job each; evaluate: equal resources, but its
+    # runs wait on two single teacher jobs, which aftercorr cannot express: one job each
     assert ids == [{"preprocess": "101_0", "teacher": "102", "evaluate": "104"},
                    {"preprocess": "101_1", "teacher": "103", "evaluate": "105"}]
     assert "#SBATCH --job-name=sweep-preprocess" in fake_slurm.script("101")
