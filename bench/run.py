@@ -23,6 +23,7 @@ BENCHMARKS: list[str] = [
     "bench.data_bench:cache_open",
     "bench.data_bench:collate_speed",
     "bench.memory_bench:gat_memory_accuracy",
+    "bench.student_bench:student_stage_memory",
 ]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = ("benchmark", "metric", "value", "target", "ok")

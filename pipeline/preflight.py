@@ -31,7 +31,30 @@ def _teacher_setup(profile: Profile, manifest: dict, split: GraphSplit):
     return build_model(profile, manifest, split), cross_entropy_loss(weights)
 
 
-MODEL_SETUP: dict[str, Callable] = {"teacher": _teacher_setup}
+def _autoencoder_setup(profile: Profile, manifest: dict, split: GraphSplit):
+    from pipeline.stages.autoencoder import build_vgae, vgae_loss
+
+    return build_vgae(profile.vgae, manifest, split), vgae_loss
+
+
+def _student_setup(profile: Profile, manifest: dict, split: GraphSplit):
+    """The GAT student with its distillation loss: cached teacher outputs cost only their rows (zeros
+    stand in for them); a teacher run in the step adds its forward pass to the measured activations."""
+    from pipeline.distill import GAT_TEACHER, LiveTeacher, StandInTeacher
+    from pipeline.stages.student import build_student, gat_student_loss
+    from pipeline.stages.teacher import build_model, class_weights
+
+    distill = profile.distill
+    weights = class_weights(split.y) if profile.train.class_weighting else None
+    if distill.use_teacher_cache:
+        source = StandInTeacher({"logits": 2}, GAT_TEACHER.levels)
+    else:
+        source = LiveTeacher(build_model(profile, manifest, split), GAT_TEACHER, torch.device("cpu"), offload=False)
+    return build_student(profile, manifest, split), gat_student_loss(source, weights, distill.temperature, distill.alpha)
+
+
+MODEL_SETUP: dict[str, Callable] = {"teacher": _teacher_setup, "autoencoder": _autoencoder_setup,
+                                    "student": _student_setup, "curriculum": _student_setup}
 """Training stage -> (profile, manifest, train split) -> (model, loss_fn) as the stage builds them."""
 
 
