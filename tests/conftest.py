@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.slurm_cluster"]
+pytest_plugins = ["tests.slurm_cluster", "tests.launch_helpers"]

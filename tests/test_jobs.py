@@ -1,7 +1,9 @@
 """The launch layer: resources -> parameters, sbatch text, sacct parsing, status states, resume
-selection, submit/resume against stand-in SLURM commands, and one chain on the real local cluster."""
+selection, sweeps, and submit/resume against stand-in SLURM commands (what the scripts say and what
+is recorded). Behaviour on the real local cluster is in tests/test_slurm_*.py."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sys
@@ -22,13 +24,12 @@ from jobs.selection import chain_dependencies, done_states, plan_resume
 from jobs.slurm import SacctJob, array_base, expand_array_record, parse_elapsed, parse_rss_mb, parse_sacct
 from jobs.stage_job import StageJob, limit_threads
 from jobs.sweep import group_submissions, sweep_profiles, sweep_runs
-from jobs.status import resolve_state, stage_rows, status_report
+from jobs.status import current_status, memory_plan_summary, resolve_state, stage_rows
 from pipeline.config import load_profile
 from pipeline.runner import fingerprint_for
 from pipeline.runs import RunDir
 from tests.launch_helpers import table_lines
 
-pytest_plugins = ["tests.slurm_cluster"]
 
 CHAIN = ["preprocess", "teacher", "evaluate"]
 
@@ -223,6 +224,41 @@ def test_oom_row_says_what_it_had_and_how_to_give_more(tmp_path):
     assert row.state == "out_of_memory"
     assert row.detail == (f"requested 4G (--mem) was not enough; "
                           f"make resume RUN={run.path} O=resources.preprocess.mem_gb=8")
+
+
+def test_oom_row_compares_the_request_with_the_memory_plan(tmp_path):
+    run = RunDir.create(load_profile("local"), root=tmp_path, run_id="r")
+    plan = {"budget": {"device": "cpu", "total": 512 * 2**20, "fixed": {"allocator fragmentation buffer": 51 * 2**20},
+                       "static": {"parameters": 2**20, "gradients": 2**20, "optimizer state": 2 * 2**20,
+                                  "of which embedding tables": 2**19}},
+            "plan": {"graphs": 104, "predicted_bytes": 396 * 2**20}}
+    (run.stage_dir("teacher") / "memory_plan.json").write_text(json.dumps(plan))
+    assert memory_plan_summary(run, "teacher") == (
+        "planned 0.39G of tensors (104 graphs per batch) plus 51M reserved, within 0.50G of cpu memory "
+        "(teacher/memory_plan.json)")
+    records = {"teacher": {"job_id": "5", "resources": {"mem_gb": 0.5}}}
+    (row,) = stage_rows(run, ["teacher"], {}, records, parse_sacct("5|OUT_OF_MEMORY|00:00:05|\n"))
+    assert row.detail.startswith("requested 0.5G (--mem) was not enough; planned 0.39G of tensors")
+    assert row.detail.endswith(f"make resume RUN={run.path} O=resources.teacher.mem_gb=1")
+
+
+def test_status_file_of_an_older_job_is_not_the_current_jobs():
+    assert current_status({"state": "running", "job_id": "7"}, "9") == {}
+    assert current_status({"state": "running", "job_id": "9"}, "9")["state"] == "running"
+    assert current_status({"state": "running"}, "9")["state"] == "running"  # local runs have no job id
+    assert current_status({"state": "failed", "job_id": "12_3"}, "12_3")["state"] == "failed"
+
+
+def test_status_names_the_failed_stage_its_log_and_the_way_on(tmp_path, capsys):
+    run = RunDir.create(load_profile("local"), root=tmp_path, run_id="r")
+    _mark_done(run, "preprocess")
+    run.write_status("teacher", state="failed", started=1.0, ended=2.0, error="ValueError: bad split")
+    (run.path / "teacher" / "log").write_text("Traceback ...\n")
+    assert main(["status", "--run", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    notes = out.split("\n\n", 1)[1].splitlines()
+    assert notes == [f"stage teacher failed: ValueError: bad split", f"  log: {run.path / 'teacher' / 'log'}",
+                     f"after fixing it: make resume RUN={run.path} (relaunches only what is not done)"]
 
 
 def test_done_marker_with_other_inputs_is_stale_and_resources_are_not_inputs(tmp_path):
@@ -513,35 +549,3 @@ def test_status_and_resume_name_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["status", "--run", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert main(["resume", "--run", str(tmp_path)]) == 2
-
-
-# -- the real local cluster (scripts/local-slurm.sh) ----------------------------------------------
-
-@pytest.mark.slurm
-def test_real_cluster_memory_kill_cancels_dependants_and_resume_gives_more(slurm_cluster, tmp_path):
-    runs = tmp_path / "runs"
-    rc = main(["submit", "--profile", "local", "--runs-root", str(runs),
-               "-O", f"data.cache_dir={tmp_path / 'cache'}", "-O", "resources.preprocess.mem_gb=0.1"])
-    assert rc == 0
-    run = _only_run(runs)
-    first = {s: r["job_id"] for s, r in latest_records(run).items()}
-    second: dict[str, str] = {}
-    try:
-        slurm_cluster.wait_state(first["preprocess"], timeout=120)
-        slurm_cluster.wait_state(first["evaluate"], timeout=60)
-        report = status_report(run.path)
-        states = {line.split()[0]: line.split()[1] for line in table_lines(report.splitlines())}
-        killed = "out_of_memory" if slurm_cluster.oom_state == "OUT_OF_MEMORY" else "failed"
-        assert states == {"preprocess": killed, "teacher": "cancelled", "evaluate": "cancelled"}, report
-
-        assert main(["resume", "--run", str(run.path), "-O", "resources.preprocess.mem_gb=4"]) == 0
-        second = {s: r["job_id"] for s, r in latest_records(run).items()}
-        assert set(second.values()).isdisjoint(first.values())
-        records = latest_records(run)
-        assert records["teacher"]["depends_on"] == [second["preprocess"]]
-        assert records["evaluate"]["depends_on"] == [second["preprocess"], second["teacher"]]
-        pre = second["preprocess"]
-        script = (run.path / "logs" / pre / f"{pre}_submission.sh").read_text()
-        assert "#SBATCH --mem=4GB" in script
-    finally:
-        slurm_cluster.scancel(*first.values(), *second.values())

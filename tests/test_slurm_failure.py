@@ -16,7 +16,7 @@ from jobs.status import status_report
 from tests.launch_helpers import (CHAIN, cancel_on_failure, copy_cache, job_ids, only_run, run_cli, wait_jobs_ended,
                                   wait_settled)
 
-pytest_plugins = ["tests.slurm_cluster", "tests.launch_helpers"]
+pytest_plugins = ["tests.slurm_cluster"]
 pytestmark = pytest.mark.slurm
 
 

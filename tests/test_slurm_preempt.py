@@ -19,7 +19,7 @@ import pytest
 
 from tests.launch_helpers import cancel_on_failure, job_ids, only_run, run_cli, wait_for, wait_jobs_ended, wait_settled
 
-pytest_plugins = ["tests.slurm_cluster", "tests.launch_helpers"]
+pytest_plugins = ["tests.slurm_cluster"]
 pytestmark = pytest.mark.slurm
 
 EPOCHS = 10
