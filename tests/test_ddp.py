@@ -7,9 +7,9 @@ batch) only the outcome is comparable: validation metrics within a tolerance.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -74,8 +74,9 @@ def test_sharded_loader_splits_each_epoch_deterministically(tmp_path):
 
 # -- 2 ranks through submitit's local executor ----------------------------------------------------------
 
-def _fit(cache: Path, out: Path, overrides: list[str]) -> dict:
-    """Train the teacher model on the synthetic cache in this process (a rank, if a group is up)."""
+def _fit(cache: Path, out: Path, overrides: list[str], die_at_step: int | None = None) -> dict:
+    """Train the teacher model on the synthetic cache in this process (a rank, if a group is up);
+    ``die_at_step`` interrupts it there as a preemption would (every rank at the same step)."""
     from pipeline.stages.teacher import build_model, cross_entropy_loss, validate_classifier
     from pipeline.train import Selection, Trainer, seed_everything
     from pipeline import io
@@ -85,7 +86,15 @@ def _fit(cache: Path, out: Path, overrides: list[str]) -> dict:
     train, val = GraphSplit.open(cache / "train.pt"), GraphSplit.open(cache / "val.pt")
     seed_everything(0)
     model = build_model(profile, manifest, train)
-    trainer = Trainer(model, cross_entropy_loss(None), GraphLoader(train, 16, shuffle=True, seed=0),
+    loss, steps = cross_entropy_loss(None), [0]
+
+    def loss_fn(m, batch):
+        steps[0] += 1
+        if steps[0] == die_at_step:
+            raise KeyboardInterrupt("preempted")
+        return loss(m, batch)
+
+    trainer = Trainer(model, loss_fn, GraphLoader(train, 16, shuffle=True, seed=0),
                       GraphLoader(val, 64), validate_classifier, profile.train, out, logging.getLogger("tests.ddp"),
                       selection=Selection("f1", "max", tie_metric="loss"), progress=False)
     result = trainer.fit()
@@ -93,11 +102,17 @@ def _fit(cache: Path, out: Path, overrides: list[str]) -> dict:
             "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
 
 
-def _rank_job(cache: str, out: str) -> dict:
-    """What each task of the local job runs: the launch layer's rank export, then one process group."""
+def _resume_job(cache: str, out: str) -> dict:
+    """Each rank: train straight; train again, preempted mid-epoch 2; resume that from its checkpoint."""
     export_rank_environment()
     with distributed.process_group(torch.device("cpu")):
-        return _fit(Path(cache), Path(out), [])
+        dropout = ["model.dropout=0.3"]  # dropout draws from each rank's own RNG stream
+        straight = _fit(Path(cache), Path(out) / "straight", dropout)
+        with contextlib.suppress(KeyboardInterrupt):
+            _fit(Path(cache), Path(out) / "resumed", dropout, die_at_step=8 + 3)  # 8 steps per rank and epoch
+        torch.manual_seed(1234)  # the requeued process starts from other RNG states
+        resumed = _fit(Path(cache), Path(out) / "resumed", dropout)
+        return {"straight": straight["weights"], "resumed": resumed["weights"]}
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -109,30 +124,27 @@ def _close(ours: dict[str, float], theirs: dict[str, float]) -> None:
         assert ours[key] == pytest.approx(theirs[key], abs=tol), (key, ours, theirs)
 
 
-def test_two_gloo_ranks_through_the_local_executor_match_one_rank(tmp_path):
-    cache = write_synthetic_cache(tmp_path / "cache")  # 240 train graphs: 15 batches, so one rank pads
+def test_two_ranks_resume_exactly_after_an_interruption(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "cache")
     executor = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
     executor.update_parameters(tasks_per_node=2, timeout_min=10)
-    job = executor.submit(_rank_job, str(cache), str(tmp_path / "two"))
-    one_accum = _fit(cache, tmp_path / "one_accum", ["train.grad_accum=2"])
-    one = _fit(cache, tmp_path / "one", [])
-    ranks = job.results()
-
-    assert [(r["rank"], r["world"]) for r in ranks] == [(0, 2), (1, 2)]
-    assert _max_diff(ranks[0]["weights"], ranks[1]["weights"]) == 0.0  # replicas never drift
-    assert _max_diff(ranks[0]["weights"], one_accum["weights"]) < 1e-5
-    assert ranks[0]["val"] == pytest.approx(one_accum["val"], abs=1e-5)
-    _close(ranks[0]["val"], one["val"])
-    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and all('"ranks": 2' in line for line in lines)  # rank 0 alone wrote them
-    assert not (tmp_path / "two" / "log").exists()
+    ranks = executor.submit(_resume_job, str(cache), str(tmp_path)).results()
+    for rank in ranks:
+        assert _max_diff(rank["straight"], rank["resumed"]) == 0.0
+    saved = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert saved["world_size"] == 2 and len(saved["rng_by_rank"]) == 2
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
-# -- 2 ranks of the teacher stage on the cluster and through the local executor -------------------------
+# -- 2 ranks of the teacher stage through the local executor and on the cluster -------------------------
+
+COMMON = ["stages=[preprocess,teacher]", "model.dropout=0.0"]
+
 
 def _in_process_teacher(root: Path, cache: Path, overrides: list[str]) -> RunDir:
-    """The reference: the same chain, one rank, run in this process (no launcher at all)."""
-    profile = load_profile("ci", [f"data.cache_dir={cache}", "stages=[preprocess,teacher]", *overrides])
+    """A reference: the same chain, one rank, run in this process (no launcher at all)."""
+    profile = load_profile("ci", [f"data.cache_dir={cache}", *COMMON, *overrides])
     run = RunDir.create(profile, root=root, run_id="one")
     for stage in profile.stages:
         run_stage(run.path, stage)
@@ -144,30 +156,51 @@ def _best(run: RunDir) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     return blob["metrics"], blob["state_dict"]
 
 
-@pytest.mark.slurm
-def test_two_gloo_ranks_on_the_cluster_match_one_rank(slurm_cluster, ci_cache, tmp_path):
-    common = ["-O", f"data.cache_dir={ci_cache}", "-O", "stages=[preprocess,teacher]", "-O", "model.dropout=0.0"]
-    run_cli("submit", "--profile", "ci", "--runs-root", str(tmp_path / "slurm"), *common,
-            "-O", "resources.teacher.tasks_per_node=2")
-    on_slurm = only_run(tmp_path / "slurm")
-    with cancel_on_failure(slurm_cluster, lambda: [on_slurm]):
-        run_cli("dry-run", "--profile", "ci", "--runs-root", str(tmp_path / "local"), *common,
-                "-O", "resources.teacher.tasks_per_node=2")
-        local = only_run(tmp_path / "local")
-        accum = _in_process_teacher(tmp_path / "accum", ci_cache, ["model.dropout=0.0", "train.grad_accum=2"])
-        plain = _in_process_teacher(tmp_path / "plain", ci_cache, ["model.dropout=0.0"])
-        assert wait_settled(on_slurm, ["preprocess", "teacher"], timeout=300) == dict.fromkeys(["preprocess", "teacher"], "done")
-        assert set(wait_jobs_ended(slurm_cluster, [on_slurm]).values()) == {"COMPLETED"}
+@pytest.fixture(scope="module")
+def one_rank(ci_cache, tmp_path_factory) -> dict[str, tuple[dict[str, float], dict[str, torch.Tensor]]]:
+    """The CI teacher trained by one process: with grad_accum 2 (what 2 ranks must equal) and plain."""
+    root = tmp_path_factory.mktemp("one-rank")
+    return {"accum": _best(_in_process_teacher(root / "accum", ci_cache, ["train.grad_accum=2"])),
+            "plain": _best(_in_process_teacher(root / "plain", ci_cache, []))}
 
-    teacher_job = job_ids(on_slurm)["teacher"]
-    script = (on_slurm.path / "logs" / teacher_job / f"{teacher_job}_submission.sh").read_text()
-    assert "#SBATCH --ntasks-per-node=2\n" in script
-    assert sorted(p.name for p in (on_slurm.path / "logs" / teacher_job).glob("*_result.pkl")) == [
+
+def _matches_one_rank(run: RunDir, one_rank: dict) -> None:
+    val, weights = _best(run)
+    accum_val, accum_weights = one_rank["accum"]
+    assert _max_diff(weights, accum_weights) < 1e-5
+    assert val == pytest.approx(accum_val, abs=1e-5)
+    _close(val, one_rank["plain"][0])
+    assert "data-parallel: rank 0 of 2 (gloo" in (run.path / "teacher" / "log").read_text()
+    lines = (run.path / "teacher" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == run.profile().train.epochs and all('"ranks": 2' in line for line in lines)
+
+
+def _two_rank_args(root: Path, ci_cache: Path) -> list[str]:
+    overrides = [f"data.cache_dir={ci_cache}", *COMMON, "resources.teacher.tasks_per_node=2"]
+    return ["--profile", "ci", "--runs-root", str(root), *(arg for o in overrides for arg in ("-O", o))]
+
+
+def test_two_gloo_ranks_through_the_local_executor_match_one_rank(ci_cache, one_rank, tmp_path, capsys):
+    run_cli("dry-run", *_two_rank_args(tmp_path / "runs", ci_cache))
+    assert ", 2 ranks, log " in capsys.readouterr().out
+    run = only_run(tmp_path / "runs")
+    (job_dir,) = {Path(r["stderr"]).parent for r in run.read_jobs()["history"] if r["stage"] == "teacher"}
+    teacher_job = job_ids(run)["teacher"]
+    assert sorted(p.name for p in job_dir.glob(f"{teacher_job}_*_result.pkl")) == [
         f"{teacher_job}_0_result.pkl", f"{teacher_job}_1_result.pkl"]
-    assert "data-parallel: rank 0 of 2 (gloo" in (on_slurm.path / "teacher" / "log").read_text()
+    _matches_one_rank(run, one_rank)
 
-    (slurm_val, slurm_w), (local_val, local_w) = _best(on_slurm), _best(local)
-    (accum_val, accum_w), (plain_val, _) = _best(accum), _best(plain)
-    assert _max_diff(slurm_w, local_w) == 0.0  # the same ranks, launched two ways
-    assert _max_diff(slurm_w, accum_w) < 1e-5 and slurm_val == pytest.approx(accum_val, abs=1e-5)
-    _close(slurm_val, plain_val)
+
+@pytest.mark.slurm
+def test_two_gloo_ranks_on_the_cluster_match_one_rank(slurm_cluster, ci_cache, one_rank, tmp_path):
+    run_cli("submit", *_two_rank_args(tmp_path / "runs", ci_cache))
+    run = only_run(tmp_path / "runs")
+    with cancel_on_failure(slurm_cluster, lambda: [run]):
+        assert wait_settled(run, ["preprocess", "teacher"], timeout=300) == dict.fromkeys(["preprocess", "teacher"], "done")
+        assert set(wait_jobs_ended(slurm_cluster, [run]).values()) == {"COMPLETED"}
+    teacher_job = job_ids(run)["teacher"]
+    job_dir = run.path / "logs" / teacher_job
+    assert "#SBATCH --ntasks-per-node=2\n" in (job_dir / f"{teacher_job}_submission.sh").read_text()
+    assert sorted(p.name for p in job_dir.glob("*_result.pkl")) == [
+        f"{teacher_job}_0_result.pkl", f"{teacher_job}_1_result.pkl"]
+    _matches_one_rank(run, one_rank)
