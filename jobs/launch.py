@@ -208,8 +208,7 @@ def failure_summary(text: str) -> str:
 
 # -- the chain -----------------------------------------------------------------------------------
 
-def launch_chains(plans: list[RunPlan], launcher: Launcher, action: str,
-                  arrays: bool = True) -> list[dict[str, dict[str, Any]]]:
+def launch_chains(plans: list[RunPlan], launcher: Launcher, action: str) -> list[dict[str, dict[str, Any]]]:
     """Launch every plan's stages, stage by stage over all plans, so that a sweep submits each stage
     of all its runs together: as job arrays where the runs allow it (``jobs.sweep``).
 
@@ -225,7 +224,7 @@ def launch_chains(plans: list[RunPlan], launcher: Launcher, action: str,
         members = [i for i, plan in enumerate(plans) if stage in plan.stages]
         keys = {i: _array_key(plans[i], stage) for i in members}
         upstream = {i: _dependency_ids(plans[i], stage, launched[i]) for i in members}
-        for sub in group_submissions(stage, members, keys, upstream, arrays=arrays and launcher.kind == "slurm"):
+        for sub in group_submissions(stage, members, keys, upstream, arrays=launcher.kind == "slurm"):
             group = [plans[i] for i in sub.members]
             try:
                 if sub.array:

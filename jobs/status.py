@@ -115,7 +115,7 @@ def stage_rows(run: RunDir, stages: list[str], done: dict[str, DoneState], recor
         record = records.get(stage, {})
         job_id = record.get("job_id")
         job = (sacct or {}).get(job_id) if job_id else None
-        status = current_status(run.read_status(stage), job_id)
+        status = current_status(run.read_status(stage), job_id if record.get("executor") == "slurm" else None)
         state, detail = resolve_state(stage, done.get(stage), status, job, bool(record), process_alive(status))
         upstream = [r for r in rows if r.stage in needs[stage]]
         if state == "out_of_memory":
@@ -136,8 +136,8 @@ def stage_rows(run: RunDir, stages: list[str], done: dict[str, DoneState], recor
 
 
 def current_status(status: dict[str, Any], job_id: str | None) -> dict[str, Any]:
-    """status.json, unless an older job of the stage wrote it: a resumed job that sacct does not list
-    yet must read as submitted, not as the old job's end."""
+    """status.json, unless an older SLURM job of the stage wrote it: a resumed job that sacct does not
+    list yet must read as submitted, not as the old job's end. (``job_id`` None: nothing to compare.)"""
     written_by = status.get("job_id")
     if job_id and written_by and str(written_by) != str(job_id):
         return {}

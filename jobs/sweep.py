@@ -59,11 +59,13 @@ def group_submissions(
     arrays: bool = True,
 ) -> list[Submission]:
     """How to submit ``stage`` for ``members``: arrays of runs with equal ``keys`` (their sbatch
-    parameters) whose ``upstream`` jobs (dependency stage -> job id) line up task by task, single
-    jobs for everyone else. Order is kept: runs keep their relative order inside an array."""
+    parameters) that wait on the same upstream arrays (``upstream``: dependency stage -> job id),
+    where task k of the new array is task k of each of those; single jobs for everyone else.
+    Order is kept: runs keep their relative order inside an array."""
     groups: dict[Hashable, list[int]] = {}
     for member in members:
-        groups.setdefault(keys[member], []).append(member)
+        waits_on = tuple(sorted((dep, job.partition("_")[0]) for dep, job in upstream[member].items()))
+        groups.setdefault((keys[member], waits_on), []).append(member)
     out: list[Submission] = []
     for group in groups.values():
         aligned = _aligned_arrays(group, upstream) if arrays and len(group) > 1 else None

@@ -545,6 +545,30 @@ def test_status_reports_scheduler_kills(fake_slurm, tmp_path, capsys):
     assert by_stage == {"preprocess": "out_of_memory", "teacher": "cancelled", "evaluate": "cancelled"}
 
 
+def test_resume_of_a_sweep_relaunches_what_failed_as_arrays_again(fake_slurm, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["submit", "--profile", "local", "--seeds", "3", "--runs-root", str(runs)]) == 0
+    (sweep,) = (runs / "_sweeps").iterdir()
+    found = sweep_runs(sweep)
+    for run in found:
+        _mark_done(run, "preprocess")
+    _mark_done(found[1], "teacher")
+    fake_slurm.set_sacct("101_[0-2]|COMPLETED|00:01:00|\n102_0|FAILED|00:00:10|\n102_1|COMPLETED|00:00:10|\n"
+                         "102_2|FAILED|00:00:10|\n103_[0-2]|CANCELLED by 0|00:00:00|\n")
+    capsys.readouterr()
+    assert main(["status", "--run", str(sweep)]) == 0
+    assert capsys.readouterr().out.startswith(f"sweep {sweep}: 3 runs")
+    assert main(["resume", "--run", str(sweep)]) == 0
+    # runs 0 and 2 relaunch teacher and evaluate: a 2-task array each, evaluate after its own teacher task
+    ids = [{s: r["job_id"] for s, r in latest_records(run).items()} for run in found]
+    assert [i["teacher"] for i in ids] == ["104_0", "102_1", "104_1"]
+    assert [i["evaluate"] for i in ids] == ["105_0", "106", "105_1"]
+    assert "#SBATCH --dependency=aftercorr:104\n" in fake_slurm.script("105")
+    assert "#SBATCH --dependency" not in fake_slurm.script("104")
+    assert "#SBATCH --dependency=afterok:102_1\n" not in fake_slurm.script("106")  # its teacher is done
+    assert "--array" not in fake_slurm.script("106")
+
+
 def test_status_and_resume_name_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["status", "--run", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
