@@ -2,11 +2,11 @@
 and run every step, side by side on the same run (real hcrl_sa slice, same trained teachers).
 
 * ``student_stage_memory``: the student stage (KD GAT student and VGAE student) runs twice, each in
-  a fresh interpreter through ``python -m pipeline.cli student --force``:
+  a fresh interpreter running ``pipeline.cli student --force``:
   ``distill.offload_teacher_to_cpu/use_teacher_cache`` both on (the teacher cache is deleted first,
-  so filling it is part of the measurement) and both off. Reported: the stage's peak memory as
-  the runner records it: peak RSS of the process on the CPU, ``torch.cuda.max_memory_allocated``
-  over the stage when the run's device is CUDA (``peak_device_mb`` in done.json).
+  so filling it is part of the measurement) and both off. Reported: the stage's peak memory: peak
+  RSS of the stage process on the CPU (its VmHWM), ``torch.cuda.max_memory_allocated`` over the
+  stage when the run's device is CUDA (``peak_device_mb`` in done.json).
 * The same comparison for one training step in device-independent terms: the live-tensor tracker
   counts the bytes a step allocates (what ``max_memory_allocated`` sees on a GPU), plus the
   teacher's parameters when it stays on the device. On a CPU-only machine this is the number that
@@ -64,13 +64,29 @@ def bench_run() -> RunDir:
     return run
 
 
+CHILD = """
+import json, sys
+from pipeline.cli import main
+args = ["student", "--run-dir", sys.argv[1], "--force"]
+for item in sys.argv[2:]:
+    args += ["-O", item]
+rc = main(args)
+status = open("/proc/self/status").read().splitlines()
+hwm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"rc": rc, "vmhwm_mb": round(hwm_kb / 1024, 1)}))
+"""
+"""Runs the stage and reports the process's own peak RSS (VmHWM of its address space). getrusage's
+ru_maxrss would not do: Linux carries the parent's RSS at fork over into the child's maximum."""
+
+
 def run_variant(run: RunDir, overrides: list[str]) -> dict[str, Any]:
-    """The student stage in a fresh interpreter; returns its done record and status."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "student", "--run-dir", str(run.path), "--force"]
-    for item in overrides:
-        cmd += ["-O", item]
-    subprocess.run(cmd, check=True, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return {**(run.done_record("student") or {}), **run.read_status("student")}
+    """The student stage in a fresh interpreter; returns its done record, status and peak RSS."""
+    out = subprocess.run([sys.executable, "-c", CHILD, str(run.path), *overrides], check=True, cwd=PROJECT_ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    child = json.loads(out.strip().splitlines()[-1])
+    if child["rc"] != 0:
+        raise RuntimeError(f"student stage failed with overrides {overrides}; see {run.path / 'student' / 'log'}")
+    return {**(run.done_record("student") or {}), **run.read_status("student"), "peak_rss_mb": child["vmhwm_mb"]}
 
 
 def clear_teacher_outputs(run: RunDir) -> None:

@@ -36,23 +36,33 @@ from pipeline.models.vgae import VGAE
 # -- losses ---------------------------------------------------------------------------------
 
 
-def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Hinton's soft-target loss: KL between the tempered softmaxes, times T^2 so its gradient
     scale does not shrink with T. The teacher's distribution is the target (``kl_div(log p_s, p_t)``).
+
+    ``sample_weight`` averages the per-graph KL with weights (as weighted cross-entropy does).
     """
     t = temperature
     log_p_s = nn.functional.log_softmax(student_logits.float() / t, dim=-1)
-    p_t = nn.functional.softmax(teacher_logits.float() / t, dim=-1)
-    return nn.functional.kl_div(log_p_s, p_t, reduction="batchmean") * t * t
+    log_p_t = nn.functional.log_softmax(teacher_logits.float() / t, dim=-1)
+    per_graph = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    if sample_weight is None:
+        return per_graph.mean() * t * t
+    return (per_graph * sample_weight).sum() / sample_weight.sum().clamp_min(1e-12) * t * t
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor, *,
             temperature: float, alpha: float, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """alpha * KD term + (1 - alpha) * (weighted) cross-entropy on the hard labels."""
+    """alpha * KD term + (1 - alpha) * cross-entropy on the hard labels, both weighted by ``weight``
+    (per class). A confident teacher's soft targets are close to its labels; left unweighted, the
+    KD term would pull the student to the majority class that class weighting exists to counter.
+    """
     hard = nn.functional.cross_entropy(student_logits.float(), y, weight=weight)
     if alpha == 0 or teacher_logits is None:
         return hard
-    return alpha * kd_term(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
+    sample_weight = weight[y] if weight is not None else None
+    return alpha * kd_term(student_logits, teacher_logits, temperature, sample_weight) + (1 - alpha) * hard
 
 
 def vgae_kd_loss(student: nn.Module, batch: GraphBatch, teacher: dict[str, torch.Tensor], alpha: float

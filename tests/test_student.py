@@ -41,6 +41,13 @@ def test_alpha_mixes_soft_and_hard_terms():
     assert torch.allclose(kd_loss(s, None, y, temperature=3, alpha=0.5), hard)
     mixed = kd_loss(s, t, y, temperature=3, alpha=0.25)
     assert torch.allclose(mixed, 0.25 * kd_term(s, t, 3) + 0.75 * hard)
+    # class weights weigh both terms: the soft one per graph by the weight of its label
+    w = torch.tensor([1.0, 3.0])
+    weighted = kd_loss(s, t, y, temperature=3, alpha=0.25, weight=w)
+    expected = 0.25 * kd_term(s, t, 3, w[y]) + 0.75 * torch.nn.functional.cross_entropy(s, y, weight=w)
+    assert torch.allclose(weighted, expected)
+    per_graph = torch.stack([kd_term(s[i:i + 1], t[i:i + 1], 3) for i in range(6)])
+    assert torch.allclose(kd_term(s, t, 3, w[y]), (per_graph * w[y]).sum() / w[y].sum())
 
 
 # -- the teacher-output cache and loader ----------------------------------------------------------

@@ -21,6 +21,9 @@ from pipeline.train import configure_threads
 
 
 def run(ctx) -> dict[str, Any]:
+    if "autoencoder" not in ctx.upstream:
+        raise ValueError("curriculum scores difficulty with the VGAE: put the autoencoder stage before it in "
+                         "the profile's `stages`")
     data = StageData.open(ctx)
     profile, cfg = ctx.profile, ctx.profile.train
     configure_threads(cfg.threads)

@@ -40,15 +40,14 @@ CLASSIFIER_SELECTION = Selection("f1", "max", tie_metric="loss", tie_mode="min")
 
 
 def run(ctx) -> dict[str, Any]:
-    if ctx.profile.task == "kg":
-        from pipeline.kg.training import run_kg_student
-        return run_kg_student(ctx)
     data = StageData.open(ctx)
     distill = ctx.profile.distill
     configure_threads(ctx.profile.train.threads)
     reset_device_peak(data.device)
     teacher_path = Path(ctx.upstream["teacher"]["best_checkpoint"])
     teacher_params = int(ctx.upstream["teacher"]["params"])
+    check_ratio(ctx, "GAT student", count_parameters(build_student(ctx.profile, data.manifest, data.train)),
+                teacher_params)
 
     kd = fit_gat_student(ctx, data, "kd", distill.alpha, teacher_path, plain_loader(ctx, data))
     summary: dict[str, Any] = {
@@ -63,7 +62,6 @@ def run(ctx) -> dict[str, Any]:
         "distill": distill.model_dump(),
         **kd["teacher"],
     }
-    check_ratio(ctx, "GAT student", kd["params"], teacher_params)
     if distill.train_baseline:
         base = fit_gat_student(ctx, data, "no_kd", 0.0, None, plain_loader(ctx, data))
         summary["classifiers"]["student_no_kd"] = base["best_checkpoint"]
