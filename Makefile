@@ -17,6 +17,7 @@ help:
 	@echo "make test                     install everything and run the tests"
 	@echo "make dry-run PROFILE=set_01   the profile's chain locally, on a slice"
 	@echo "make submit PROFILE=set_01    submit the chain to SLURM (afterok dependencies)"
+	@echo "  SEEDS=3 or PROFILE=a,b        a sweep: one job array per stage"
 	@echo "make status RUN=runs/...      table of stages: state, job id, elapsed, peak memory"
 	@echo "make resume RUN=runs/...      resubmit only stages that are not done"
 	@echo "make plan PROFILE=set_01      memory budget and batch plan for the profile's target device"
