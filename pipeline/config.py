@@ -199,6 +199,8 @@ class KGNetConfig(_Strict):
     """Attention heads (HGT only); hidden and out must be divisible by it."""
     layers: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    jk: Literal["last", "cat"] = "last"
+    """Output head on the last layer, or on all layers' outputs concatenated (jumping knowledge)."""
 
     @model_validator(mode="after")
     def _divisible_by_heads(self) -> "KGNetConfig":

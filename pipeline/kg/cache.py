@@ -140,11 +140,13 @@ def write_cache(table: EdgeTable, params: CacheParams, out: Path, key: str,
 
 
 def _restrict_nodes(table: EdgeTable, limit: int | None, dropped: dict[str, int]):
-    """Apply ``limit_nodes`` (keep the most connected nodes) and drop nodes left without edges.
+    """Drop self-loops, apply ``limit_nodes`` (keep the most connected nodes), drop nodes left without edges.
 
     Returns node types of the kept nodes, edges renumbered to them, and the kept original indices.
     """
-    src, dst, rel = table.src, table.dst, table.relation
+    loops = table.src == table.dst
+    dropped["self_loops"] = int(loops.sum())
+    src, dst, rel = table.src[~loops], table.dst[~loops], table.relation[~loops]
     n = table.num_nodes
     if limit is not None and limit < n:
         degree = np.bincount(src, minlength=n) + np.bincount(dst, minlength=n)
@@ -179,9 +181,6 @@ def _local_index(node_type: np.ndarray, num_types: int) -> tuple[np.ndarray, np.
 def _canonical_edges(node_type: np.ndarray, src: np.ndarray, dst: np.ndarray, rel: np.ndarray, num_types: int,
                      dropped: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
     """Rows -> deduplicated undirected pairs per edge type (see the module docstring)."""
-    loops = src == dst
-    dropped["self_loops"] = int(loops.sum())
-    src, dst, rel = src[~loops], dst[~loops], rel[~loops]
     ts, td = node_type[src], node_type[dst]
     combo = (rel * num_types + ts) * num_types + td
     combos, first = np.unique(combo, return_index=True)

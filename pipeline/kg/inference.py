@@ -7,7 +7,8 @@ layer ``i`` and node type ``t``, destination nodes are cut into chunks of at mos
 that is a chunk of its own); a chunk's incoming edges are contiguous slices of the CSC arrays
 (no copy of the edge list), its source rows are gathered from the previous layer's table, and the
 model's own ``layer`` runs on that small bipartite graph. Tables of one layer live on the host
-(``N x hidden`` per layer, two at a time); only chunks visit the device. This is PyG's
+(``N x hidden`` per layer, two at a time, or all of them for a jumping-knowledge head); only
+chunks visit the device. This is PyG's
 ``BasicGNN.inference`` recipe, for heterogeneous graphs.
 """
 from __future__ import annotations
@@ -40,15 +41,20 @@ def layerwise_embeddings(model: torch.nn.Module, graph: KGGraph, chunk_nodes: in
     """float32[N_t, out] per node type (alias) for every node of the graph's training adjacency."""
     device = torch.device(device)
     model = model.to(device).eval()
-    x = {t: model.embed[t].weight.detach().float().cpu() for t in graph.node_types}
+    x = {t: torch.cat([model.inputs({t: torch.arange(lo, min(lo + chunk_nodes, n), device=device)})[t].float().cpu()
+                       for lo in range(0, n, chunk_nodes)])
+         for t, n in graph.num_nodes.items()}
+    keep_all = getattr(model, "jk", "last") == "cat"
+    xs = [x]
     for i in range(model.num_layers):
         x = {t: _layer_for_type(model, i, graph, x, t, chunk_nodes, chunk_edges, device) for t in graph.node_types}
+        xs = xs + [x] if keep_all else [x]
         if progress:
             progress(f"layer {i + 1}/{model.num_layers} done")
     out = {}
-    for t, h in x.items():
-        rows = [model.output({t: h[lo:lo + chunk_nodes].to(device)})[t].float().cpu()
-                for lo in range(0, h.shape[0], chunk_nodes)]
+    for t, n in graph.num_nodes.items():
+        rows = [model.output([{t: h[t][lo:lo + chunk_nodes].to(device)} for h in xs])[t].float().cpu()
+                for lo in range(0, n, chunk_nodes)]
         out[t] = torch.cat(rows).numpy()
     return out
 

@@ -36,9 +36,11 @@ TEACHER_TABLES = "teacher_embeddings"
 def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None) -> KGEncoder:
     """The encoder a profile asks for, sized to the graph (node counts and message types)."""
     cls = HGT if net.kind == "hgt" else HeteroSAGE
-    return cls(num_nodes=dict(graph.num_nodes), message_types=[list(m) for m in graph.message_types],
-               num_edge_types=len(graph.edge_types), hidden=net.hidden, out=net.out, heads=net.heads,
-               layers=net.layers, dropout=net.dropout, align_dim=align_dim)
+    model = cls(num_nodes=dict(graph.num_nodes), message_types=[list(m) for m in graph.message_types],
+                num_edge_types=len(graph.edge_types), hidden=net.hidden, out=net.out, heads=net.heads,
+                layers=net.layers, dropout=net.dropout, align_dim=align_dim, jk=net.jk)
+    model.set_degrees(graph.csc)
+    return model
 
 
 def open_graph(ctx) -> KGGraph:

@@ -33,11 +33,19 @@ class HeteroSAGE(KGEncoder):
     def layer(self, i: int, x: dict[str, torch.Tensor],
               edge_index: dict[tuple[str, str, str], torch.Tensor]) -> dict[str, torch.Tensor]:
         agg: dict[str, torch.Tensor] = {}
-        for mt, ei in self._ordered(edge_index).items():
+        # Every message type into a present node type contributes, with or without edges here:
+        # SAGEConv's root term (lin_r x_dst) does not depend on them, so a node's output must not
+        # depend on which other message types a batch or an inference chunk happens to contain.
+        for mt in self.message_types:
             src, _, dst = mt
-            if src not in x or dst not in x:
+            if dst not in x:
                 continue
-            msg = self.convs[i]["__".join(mt)]((x[src], x[dst]), ei, size=(x[src].shape[0], x[dst].shape[0]))
+            x_dst = x[dst]
+            x_src = x.get(src, x_dst.new_zeros(0, x_dst.shape[1]))
+            ei = edge_index.get(mt)
+            if ei is None or x_src.shape[0] == 0:
+                ei = torch.zeros(2, 0, dtype=torch.long, device=x_dst.device)
+            msg = self.convs[i]["__".join(mt)]((x_src, x_dst), ei, size=(x_src.shape[0], x_dst.shape[0]))
             agg[dst] = agg[dst] + msg if dst in agg else msg
         out = {}
         for t, h in x.items():

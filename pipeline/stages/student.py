@@ -40,6 +40,9 @@ CLASSIFIER_SELECTION = Selection("f1", "max", tie_metric="loss", tie_mode="min")
 
 
 def run(ctx) -> dict[str, Any]:
+    if ctx.profile.task == "kg":
+        from pipeline.kg.training import run_kg_student
+        return run_kg_student(ctx)
     data = StageData.open(ctx)
     distill = ctx.profile.distill
     configure_threads(ctx.profile.train.threads)
