@@ -27,8 +27,12 @@ Forward = Callable[[nn.Module, GraphBatch], Any]
 
 def plan_inference(model: nn.Module, split: GraphSplit, forward: Forward, device: torch.device,
                    safety_factor: float, *, cap_bytes: int | None = None, max_graphs: int | None = None,
-                   log: Callable[[str], None] = lambda msg: None) -> BatchPlan:
-    """Graphs and nodes per chunk for ``forward`` over ``split`` on ``device``, at most ``max_graphs``."""
+                   edges_per_node: float | None = None, log: Callable[[str], None] = lambda msg: None) -> BatchPlan:
+    """Graphs and nodes per chunk for ``forward`` over ``split`` on ``device``, at most ``max_graphs``.
+
+    Chunks are filled to a node budget; ``edges_per_node`` (default: the densest graph of ``split``)
+    bounds the edges a node brings, so one plan also holds for other splits up to that density.
+    """
     model.eval()
     nodes, edges = split.nodes_per_graph().double(), split.edges_per_graph().double()
     gen = torch.Generator().manual_seed(0)
@@ -47,22 +51,31 @@ def plan_inference(model: nn.Module, split: GraphSplit, forward: Forward, device
     budget = MemoryBudget(device=str(device), total=mem.total, total_source=mem.source, safety_factor=safety_factor,
                           fixed=fixed_overhead(device, mem.total),
                           static={"parameters": tensor_bytes(model.parameters())}, activation=fit)
+    density = edges_per_node if edges_per_node is not None else densest(split)
     p95_nodes, p95_edges = float(nodes.quantile(0.95)), float(edges.quantile(0.95))
     limit = min(max_graphs or len(split), max(len(split), 1))
-    plan = plan_batches(budget, p95_nodes, p95_edges, max_graphs=limit)
+    plan = plan_batches(budget, p95_nodes, p95_edges, max_graphs=limit, edges_per_node=density)
     if plan.reason != "memory budget":
         plan.reason = "the whole split fits" if limit >= len(split) else f"capped at {limit} graphs"
     if cap_bytes is not None and plan.predicted_bytes > cap_bytes:
-        per_graph = fit.per_node * p95_nodes + fit.per_edge * p95_edges
-        graphs = max(1, int((cap_bytes - fit.base) // max(per_graph, 1.0)))
-        if graphs < plan.graphs:
-            nodes_cap, edges_cap = int(graphs * p95_nodes), int(graphs * p95_edges)
-            plan = BatchPlan(max_nodes=max(nodes_cap, 1), max_edges=max(edges_cap, 1), graphs=graphs,
-                             predicted_bytes=int(fit.predict(nodes_cap, edges_cap)),
+        per_node = fit.per_node + fit.per_edge * density
+        max_nodes = max(1, int((cap_bytes - fit.base) // max(per_node, 1.0)))
+        graphs = max(1, int(max_nodes // max(p95_nodes, 1.0)))
+        if max_nodes < plan.max_nodes:
+            plan = BatchPlan(max_nodes=max_nodes, max_edges=max(1, int(max_nodes * density)),
+                             graphs=min(graphs, plan.graphs),
+                             predicted_bytes=int(fit.predict(max_nodes, max_nodes * density)),
                              reason="capped by the training step's planned peak")
     log(f"inference chunks: {plan.graphs} graphs / <= {plan.max_nodes} nodes ({plan.reason}; "
         f"predicted {plan.predicted_bytes / 2**20:,.1f} MiB of activations)")
     return plan
+
+
+def densest(split: GraphSplit) -> float:
+    """Largest edges-per-node ratio of any graph of ``split`` (1.0 for an empty split)."""
+    if len(split) == 0:
+        return 1.0
+    return float((split.edges_per_graph().double() / split.nodes_per_graph().double().clamp_min(1)).max())
 
 
 def chunks(split: GraphSplit, plan: BatchPlan, indices: torch.Tensor | None = None) -> GraphLoader:

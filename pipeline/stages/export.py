@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline import io
 from pipeline.data.cache import GraphBatch, GraphSplit
-from pipeline.inference import plan_inference, run_chunked
+from pipeline.inference import densest, plan_inference, run_chunked
 from pipeline.stages.teacher import open_split
 from pipeline.train import configure_threads, load_model
 
@@ -70,13 +70,15 @@ def export_can(ctx) -> dict[str, Any]:
     out_path = ctx.dir / EMBEDDINGS
     counts: dict[str, int] = {}
     schema: pa.Schema | None = None
+    splits = {name: open_split(cache_dir, manifest, name) for name in split_names}
+    # One plan for every split: measured on train, with the node budget bounded by the densest graph anywhere.
+    plan = plan_inference(models, splits["train"], embed, device, ctx.profile.safety_factor,
+                          max_graphs=ctx.profile.train.batch_size * 4,
+                          edges_per_node=max(densest(s) for s in splits.values()), log=ctx.log.info)
     with io.atomic_path(out_path) as tmp:
         writer: pq.ParquetWriter | None = None
         try:
-            for name in split_names:
-                split = open_split(cache_dir, manifest, name)
-                plan = plan_inference(models, split, embed, device, ctx.profile.safety_factor,
-                                      max_graphs=ctx.profile.train.batch_size * 4, log=ctx.log.info)
+            for name, split in splits.items():
                 counts[name] = 0
                 for index, out in run_chunked(models, embed, split, plan, device):
                     table = chunk_table(name, manifest, split, sources, index, out)
