@@ -38,9 +38,9 @@ def accuracy_rows(name: str, model: torch.nn.Module, split: GraphSplit,
     tol = TOLERANCE[device.type]
     budget, _ = _plan(model, split, loss_fn, device, target_gb=None)
     fit = budget.activation
-    rows = [row(f"memory_{name}", f"fit per node (B), measured on {device.type}", round(fit.per_node)),
-            row(f"memory_{name}", "fit per edge (B)", round(fit.per_edge)),
-            row(f"memory_{name}", "fit base (B)", round(fit.base))]
+    rows = [row(name, f"fit per node (B), measured on {device.type}", round(fit.per_node)),
+            row(name, "fit per edge (B)", round(fit.per_edge)),
+            row(name, "fit base (B)", round(fit.base))]
     gen = torch.Generator().manual_seed(1)
 
     def step(batch):
@@ -55,10 +55,10 @@ def accuracy_rows(name: str, model: torch.nn.Module, split: GraphSplit,
         predicted = fit.predict(batch.num_nodes, batch.num_edges)
         err = predicted / measured - 1
         worst = max(worst, abs(err))
-        rows.append(row(f"memory_{name}", f"{graphs} graphs ({batch.num_nodes} nodes, {batch.num_edges} edges): "
+        rows.append(row(name, f"{graphs} graphs ({batch.num_nodes} nodes, {batch.num_edges} edges): "
                         f"predicted {predicted / 2**20:.2f} MiB vs measured {measured / 2**20:.2f} MiB, error",
                         round(err, 4), f"within ±{tol:.0%}", abs(err) <= tol))
-    rows.append(row(f"memory_{name}", "worst absolute error over batch sizes", round(worst, 4), f"<= {tol:.0%}", worst <= tol))
+    rows.append(row(name, "worst absolute error over batch sizes", round(worst, 4), f"<= {tol:.0%}", worst <= tol))
     rows += no_oom_rows(name, model, split, loss_fn, step, device)
     return rows
 
@@ -77,7 +77,7 @@ def no_oom_rows(name, model, split, loss_fn, step, device) -> list[dict[str, Any
             batch = split.collate(index).to(device)
             peak = max(peak, memory.measure_step_peak(lambda: step(batch), device))
         used = peak + static
-        rows.append(row(f"memory_{name}", f"{mb} MiB device, sf 0.9: plan {plan.graphs} graphs / {plan.max_nodes} "
+        rows.append(row(name, f"{mb} MiB device, sf 0.9: plan {plan.graphs} graphs / {plan.max_nodes} "
                         f"nodes; worst of 20 batches uses this share of the budget", round(used / limit, 4),
                         "<= 1 (no OOM)", used <= limit))
     return rows
@@ -102,4 +102,4 @@ def gat_memory_accuracy() -> list[dict[str, Any]]:
     profile = load_profile("set_01", check_paths=False)
     torch.manual_seed(0)
     model = build_model(profile, manifest, split)
-    return accuracy_rows("gat", model, split, cross_entropy_loss(None))
+    return accuracy_rows("gat_memory_accuracy", model, split, cross_entropy_loss(None))
