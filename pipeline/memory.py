@@ -333,7 +333,8 @@ def save_plan(path: str | os.PathLike, budget: MemoryBudget, plan: BatchPlan, ke
     io.write_json(path, payload)
 
 
-def load_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, BatchPlan] | None:
+def _cached_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, dict[str, Any]] | None:
+    """The budget and raw plan saved at ``path`` for ``key``, or None when absent or for other inputs."""
     path = Path(path)
     if not path.exists():
         return None
@@ -342,7 +343,12 @@ def load_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, BatchPla
         return None
     act = data["budget"].pop("activation")
     fit = ActivationFit(**{**act, "points": [ProbePoint(**p) for p in act["points"]]})
-    return MemoryBudget(**data["budget"], activation=fit), BatchPlan(**data["plan"])
+    return MemoryBudget(**data["budget"], activation=fit), data["plan"]
+
+
+def load_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, BatchPlan] | None:
+    cached = _cached_plan(path, key)
+    return None if cached is None else (cached[0], BatchPlan(**cached[1]))
 
 
 # -- out-of-memory back-off -----------------------------------------------------------
@@ -643,12 +649,5 @@ def save_hetero_plan(path: str | os.PathLike, budget: MemoryBudget, fit: HeteroA
 
 def load_hetero_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, HeteroBatchPlan] | None:
     """The cached plan for ``key`` (model, graph, device, budget), or None."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    if data.get("key") != key:
-        return None
-    act = data["budget"].pop("activation")
-    pooled = ActivationFit(**{**act, "points": [ProbePoint(**p) for p in act["points"]]})
-    return MemoryBudget(**data["budget"], activation=pooled), HeteroBatchPlan(**data["plan"])
+    cached = _cached_plan(path, key)
+    return None if cached is None else (cached[0], HeteroBatchPlan(**cached[1]))
