@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch_geometric.nn.dense.linear import HeteroLinear
 
 from pipeline.config import KGNetConfig, ProfileError, load_profile
 from pipeline.kg.inference import chunk_bounds, layerwise_embeddings
 from pipeline.kg.sampler import KGBatch, LinkBatchLoader
 from pipeline.kg.training import build_encoder
-from pipeline.models.hgt import HGT, SegmentLinear
+from pipeline.models.hgt import HGT
 from pipeline.train import load_model
 from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
 from tests.kg_helpers import small_graph
 
 TINY = {"hgt": KGNetConfig(kind="hgt", hidden=16, out=24, heads=4, layers=2, dropout=0.0),
-        "sage": KGNetConfig(kind="sage", hidden=16, out=24, layers=2, dropout=0.0)}
+        "sage": KGNetConfig(kind="sage", hidden=16, out=24, layers=2, dropout=0.0),
+        "hgt-jk": KGNetConfig(kind="hgt", hidden=16, out=24, heads=4, layers=3, dropout=0.0, jk="cat")}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,9 @@ def test_forward_shapes_and_loss_backward(graph, kind):
     loader.set_epoch(1)
     batch = next(iter(loader))
     emb = model(batch)
-    assert set(emb) == {t for t, ids in batch.n_id.items() if ids.numel()}
-    assert all(emb[t].shape == (batch.n_id[t].numel(), 24) for t in emb)
+    # trimmed per layer: the seed nodes (the first hops[t][0] of each type) get embeddings
+    assert set(emb) == {t for t, h in batch.hops.items() if h[0]}
+    assert all(emb[t].shape == (batch.hops[t][0], 24) for t in emb)
     from pipeline.kg.loss import link_loss
 
     loss, _ = link_loss(contrastive_weight=0.5)(model, batch)
@@ -50,7 +51,23 @@ def test_forward_shapes_and_loss_backward(graph, kind):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("kind", ["hgt", "sage"])
+@pytest.mark.parametrize("kind", ["hgt", "sage", "hgt-jk"])
+def test_trimming_layers_does_not_change_seed_embeddings(graph, kind):
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = build_encoder(TINY[kind], graph).eval()
+    loader = LinkBatchLoader(graph, 32, [3, 2, 2], sampler="torch")
+    loader.set_epoch(1)
+    batch = next(iter(loader))
+    with torch.no_grad():
+        trimmed = model(batch)
+        whole = model(dataclasses.replace(batch, hops=None))
+    for t, h in trimmed.items():
+        assert torch.allclose(h, whole[t][:h.shape[0]], atol=1e-5), t
+
+
+@pytest.mark.parametrize("kind", ["hgt", "sage", "hgt-jk"])
 def test_layerwise_inference_equals_the_full_forward(graph, kind):
     torch.manual_seed(0)
     model = build_encoder(TINY[kind], graph).eval()
@@ -73,23 +90,6 @@ def test_chunk_bounds_respect_both_budgets():
     assert (2, 3) in bounds
 
 
-def test_segment_linear_matches_pyg_hetero_linear():
-    torch.manual_seed(0)
-    ref = HeteroLinear(8, 8, num_types=6, bias=False, is_sorted=True)
-    seg = SegmentLinear(ref)
-    x = torch.randn(40, 8, requires_grad=True)
-    types = torch.sort(torch.randint(0, 6, (40,)) // 2 * 2).values  # some types empty
-    out_ref = ref.forward_naive(x, torch.cat([torch.zeros(1, dtype=torch.long),
-                                              torch.bincount(types, minlength=6).cumsum(0)]))
-    out = seg(x, types)
-    assert torch.allclose(out, out_ref, atol=1e-6)
-    g1 = torch.autograd.grad(out.sum(), [x, ref.weight])
-    g2 = torch.autograd.grad(out_ref.sum(), [x, ref.weight])
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2))
-    unsorted = torch.randperm(40)
-    assert torch.allclose(seg(x[unsorted], types[unsorted]), out[unsorted], atol=1e-6)
-
-
 def test_checkpoint_rebuilds_the_model(graph, tmp_path):
     model = build_encoder(TINY["hgt"], graph, align_dim=32)
     torch.save({"model_class": "pipeline.models.hgt:HGT", "model_kwargs": model.model_kwargs,
@@ -107,3 +107,21 @@ def test_dims_must_divide_by_heads_and_fanouts_cover_layers():
         load_profile("primekg", ["kg_model.teacher.hidden=250"])
     with pytest.raises(ProfileError, match="fanouts"):
         load_profile("primekg", ["kg.fanouts=[10]"])
+
+
+def test_compact_hgt_conv_matches_pyg():
+    from torch_geometric.nn import HGTConv
+
+    from pipeline.models.hgt import CompactHGTConv
+
+    torch.manual_seed(0)
+    meta = (["a", "b"], [("a", "r0", "b"), ("b", "r1", "a"), ("a", "r2", "a")])
+    ref = HGTConv(16, 16, meta, heads=4)
+    ours = CompactHGTConv(16, 16, meta, heads=4)
+    ours.load_state_dict(ref.state_dict())
+    x = {"a": torch.randn(30, 16), "b": torch.randn(20, 16)}
+    edges = {("a", "r0", "b"): torch.stack([torch.randint(0, 5, (40,)), torch.randint(0, 20, (40,))]),
+             ("b", "r1", "a"): torch.stack([torch.randint(0, 20, (15,)), torch.randint(0, 30, (15,))]),
+             ("a", "r2", "a"): torch.stack([torch.randint(0, 30, (25,)), torch.randint(0, 30, (25,))])}
+    expected, got = ref(x, edges), ours(x, edges)
+    assert all(torch.allclose(expected[t], got[t], atol=1e-5) for t in expected)

@@ -141,7 +141,7 @@ def test_uses_pyg_sampler_when_kernels_are_importable(graph, monkeypatch):
             self.inner = TorchNeighborSampler(graph, [2, 1])
 
         def _sample(self, seed):
-            nodes, edges = self.inner.sample(seed, torch.Generator().manual_seed(0))
+            nodes, edges, _ = self.inner.sample(seed, torch.Generator().manual_seed(0))
             return HeteroSamplerOutput(node=nodes, row={k: v[0] for k, v in edges.items()},
                                        col={k: v[1] for k, v in edges.items()}, edge=None)
 
@@ -154,3 +154,18 @@ def test_uses_pyg_sampler_when_kernels_are_importable(graph, monkeypatch):
     loader.set_epoch(1)
     batch = next(iter(loader))
     assert batch.num_graphs > 0 and batch.num_edges > 0
+
+
+def test_positive_edges_are_taken_out_of_the_degrees_too(graph):
+    loader = LinkBatchLoader(graph, seed_edges=64, fanouts=[2], sampler="torch")
+    loader.set_epoch(1)
+    batch = next(iter(loader))
+    # each positive arrives at one node per direction it is carried in: 2 per positive edge
+    assert sum(float(v.sum()) for v in batch.degree_drop.values()) == 2 * batch.num_graphs
+    from pipeline.config import KGNetConfig
+    from pipeline.kg.training import build_encoder
+
+    model = build_encoder(KGNetConfig(kind="sage", hidden=8, out=8), graph)
+    for t, drop in batch.degree_drop.items():
+        raw = getattr(model, f"degree_{t}")[batch.n_id[t]]
+        assert bool((raw - drop >= 0).all())  # never more taken out than the training graph has

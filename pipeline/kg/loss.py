@@ -73,9 +73,10 @@ class TeacherTables:
     Read-only arrays (mmap) on the host: a batch gathers only its own rows.
     """
 
-    def __init__(self, tables: dict[str, np.ndarray], rel: torch.Tensor):
+    def __init__(self, tables: dict[str, np.ndarray], rel: torch.Tensor, rel_bias: torch.Tensor | None = None):
         self.tables = tables
         self.rel = rel.detach().float().cpu()
+        self.rel_bias = rel_bias.detach().float().cpu() if rel_bias is not None else torch.zeros(rel.shape[0])
 
     def gather(self, n_id: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         return {t: torch.from_numpy(np.asarray(self.tables[t][ids.cpu().numpy()])).to(device)
@@ -83,7 +84,7 @@ class TeacherTables:
 
     def score(self, edge_type: int, h_src: torch.Tensor, h_dst: torch.Tensor) -> torch.Tensor:
         rel = self.rel[edge_type].to(h_src.device)
-        return (h_src * rel * h_dst).sum(-1) / h_src.shape[-1] ** 0.5
+        return (h_src * rel * h_dst).sum(-1) / h_src.shape[-1] ** 0.5 + float(self.rel_bias[edge_type])
 
 
 def distill_loss(teacher: TeacherTables, alpha: float, temperature: float, contrastive_weight: float = 0.0,
@@ -95,7 +96,9 @@ def distill_loss(teacher: TeacherTables, alpha: float, temperature: float, contr
         hard, emb = base(model, batch)
         if alpha == 0:
             return hard, emb
-        t_emb = teacher.gather(batch.n_id, next(model.parameters()).device)
+        # the model returns its seed nodes (a prefix of n_id) when the batch is trimmed per layer
+        t_emb = teacher.gather({t: batch.n_id[t][:h.shape[0]] for t, h in emb.items()},
+                               next(model.parameters()).device)
         s_pos, s_neg = pair_logits(model, emb, batch)
         t_pos, t_neg = pair_logits(teacher, t_emb, batch)
         soft = torch.sigmoid(torch.cat([t_pos, t_neg]).float() / temperature)

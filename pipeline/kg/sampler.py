@@ -57,6 +57,12 @@ class KGBatch:
     edge_index: dict[EdgeType, torch.Tensor]
     """Message type -> int64[2, e] batch-local (src, dst); only non-empty types, in metadata order."""
     targets: list[LinkTargets] = field(default_factory=list)
+    degree_drop: dict[str, torch.Tensor] = field(default_factory=dict)
+    hops: dict[str, list[int]] | None = None
+    """Node type -> nodes within 0, 1, ... hops of a seed (n_id is ordered by hop): lets a model skip
+    what cannot reach a seed's output (PyG's trim_to_layer). None: unknown, nothing is trimmed."""
+    """Node type -> float[n, incoming message types]: the batch's positive edges counted in each
+    node's training degree (removed from its message graph, so taken out of the degree too)."""
 
     @property
     def num_graphs(self) -> int:
@@ -80,7 +86,8 @@ class KGBatch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "KGBatch":
         return KGBatch({t: v.to(device, non_blocking=non_blocking) for t, v in self.n_id.items()},
                        {k: v.to(device, non_blocking=non_blocking) for k, v in self.edge_index.items()},
-                       [t.to(device, non_blocking) for t in self.targets])
+                       [t.to(device, non_blocking) for t in self.targets],
+                       {t: v.to(device, non_blocking=non_blocking) for t, v in self.degree_drop.items()}, self.hops)
 
 
 # -- neighbour sampling backends ---------------------------------------------------------------------
@@ -94,14 +101,16 @@ class TorchNeighborSampler:
         self._assoc = {t: torch.full((n,), -1, dtype=torch.long) for t, n in graph.num_nodes.items()}
 
     def sample(self, seeds: dict[str, torch.Tensor], generator: torch.Generator
-               ) -> tuple[dict[str, torch.Tensor], dict[EdgeType, torch.Tensor]]:
-        """``seeds``: unique ids per node type. Returns (n_id per type, seeds first; edges per message type)."""
+               ) -> tuple[dict[str, torch.Tensor], dict[EdgeType, torch.Tensor], dict[str, list[int]]]:
+        """``seeds``: unique ids per node type. Returns n_id per type (seeds first, then by hop),
+        edges per message type, and the node count within each hop per type."""
         n_id: dict[str, list[torch.Tensor]] = {t: [] for t in self.graph.node_types}
         count = {t: 0 for t in self.graph.node_types}
         frontier: dict[str, torch.Tensor] = {}
         for t, ids in seeds.items():
             self._add(t, ids, n_id, count)
             frontier[t] = ids
+        hops = {t: [count[t]] for t in self.graph.node_types}
         parts: dict[EdgeType, list[torch.Tensor]] = {mt: [] for mt in self.graph.message_types}
         try:
             for fanout in self.fanouts:
@@ -120,6 +129,8 @@ class TorchNeighborSampler:
                         grown[src_t].append(new)
                     parts[mt].append(torch.stack([self._assoc[src_t][src_g], self._assoc[dst_t][dst[owner]]]))
                 frontier = {t: torch.cat(v) for t, v in grown.items() if v}
+                for t in hops:
+                    hops[t].append(count[t])
             nodes = {t: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for t, v in n_id.items()}
         finally:
             for t, v in n_id.items():
@@ -130,7 +141,7 @@ class TorchNeighborSampler:
             if chunks:
                 ei = torch.cat(chunks, dim=1)
                 edges[mt] = _unique_pairs(ei, nodes[mt[2]].numel())
-        return nodes, edges
+        return nodes, edges, hops
 
     def _add(self, t: str, ids: torch.Tensor, n_id: dict[str, list[torch.Tensor]], count: dict[str, int]) -> None:
         self._assoc[t][ids] = torch.arange(count[t], count[t] + ids.numel())
@@ -181,14 +192,18 @@ class PygNeighborSampler:
         self.sampler = NeighborSampler(data, num_neighbors={mt: list(fanouts) for mt in graph.message_types})
 
     def sample(self, seeds: dict[str, torch.Tensor], generator: torch.Generator
-               ) -> tuple[dict[str, torch.Tensor], dict[EdgeType, torch.Tensor]]:
+               ) -> tuple[dict[str, torch.Tensor], dict[EdgeType, torch.Tensor], dict[str, list[int]] | None]:
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         out = self.sampler._sample(seeds)
         empty = torch.zeros(0, dtype=torch.long)
         nodes = {t: out.node.get(t, empty) for t in self.graph.node_types}
         edges = {mt: torch.stack([out.row[mt], out.col[mt]]) for mt in self.graph.message_types
                  if mt in out.row and out.row[mt].numel()}
-        return nodes, edges
+        hops = None
+        if out.num_sampled_nodes is not None:  # pyg-lib reports nodes per hop; torch-sparse does not
+            hops = {t: [int(c) for c in torch.tensor(out.num_sampled_nodes.get(t, [0])).cumsum(0).tolist()]
+                    for t in self.graph.node_types}
+        return nodes, edges, hops
 
 
 def pyg_sampling_available() -> bool:
@@ -222,7 +237,7 @@ def assemble(graph: KGGraph, sampler, pairs: list[tuple[int, torch.Tensor, torch
         ends[a] += [pos[0], neg[0]]
         ends[b] += [pos[1], neg[1]] + ([cand] if cand is not None else [])
     seeds = {t: torch.unique(torch.cat(v)) for t, v in ends.items() if v and sum(x.numel() for x in v)}
-    nodes, edges = sampler.sample(seeds, generator)
+    nodes, edges, hops = sampler.sample(seeds, generator)
     edges = _drop_targets(graph, nodes, edges, pairs)
     local = lambda t, ids: torch.searchsorted(seeds[t], ids)  # noqa: E731  (seeds lead n_id, sorted)
     targets = []
@@ -232,7 +247,23 @@ def assemble(graph: KGGraph, sampler, pairs: list[tuple[int, torch.Tensor, torch
                                    torch.stack([local(a, neg[0]), local(b, neg[1])]),
                                    local(b, cand) if cand is not None else None))
     ordered = {mt: edges[mt] for mt in graph.message_types if mt in edges and edges[mt].shape[1]}
-    return KGBatch(nodes, ordered, targets)
+    return KGBatch(nodes, ordered, targets, _degree_drop(graph, nodes, targets), hops)
+
+
+def _degree_drop(graph: KGGraph, nodes: dict[str, torch.Tensor], targets: list[LinkTargets]) -> dict[str, torch.Tensor]:
+    """Per node and incoming message type, how many of the batch's positive edges arrive there."""
+    incoming = {t: [mt for mt in graph.message_types if mt[2] == t] for t in graph.node_types}
+    drop: dict[str, torch.Tensor] = {}
+    for tgt in targets:
+        if tgt.pos.numel() == 0:
+            continue
+        for mt, direction in graph.messages_of(tgt.edge_type):
+            column = incoming[mt[2]].index(mt)
+            receivers = {"fwd": [tgt.pos[1]], "rev": [tgt.pos[0]], "sym": [tgt.pos[0], tgt.pos[1]]}[direction]
+            table = drop.setdefault(mt[2], torch.zeros(nodes[mt[2]].numel(), max(len(incoming[mt[2]]), 1)))
+            for local in receivers:
+                table.index_put_((local, torch.full_like(local, column)), torch.ones(local.numel()), accumulate=True)
+    return drop
 
 
 def _drop_targets(graph: KGGraph, nodes: dict[str, torch.Tensor], edges: dict[EdgeType, torch.Tensor],

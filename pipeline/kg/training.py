@@ -132,4 +132,4 @@ def teacher_tables(ctx, graph: KGGraph, teacher: KGEncoder, device: torch.device
             io.write_json(tmp / "meta.json", {"teacher": stamp, "dim": teacher.out_dim})
         del emb
     tables = {t: np.load(folder / f"{t}.npy", mmap_mode="r") for t in graph.node_types}
-    return TeacherTables(tables, teacher.rel)
+    return TeacherTables(tables, teacher.rel, teacher.rel_bias)

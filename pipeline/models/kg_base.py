@@ -5,9 +5,15 @@ The graphs have no node features, so every node starts from a learnable embeddin
 within its type, plus a projection of its structural features: log(1 + degree) per incoming
 message type, counted on the training graph. Attention and mean aggregation are blind to how
 many neighbours a node has; the degree restores it (alone it separates held-out ACM
-paper-author edges from random pairs with AUC 0.82). ``forward`` runs all layers on a sampled batch; ``layer`` runs one layer on any
-subgraph, which is what layer-wise inference uses to embed every node chunk by chunk without a
-full-graph forward pass.
+paper-author edges from random pairs with AUC 0.82). A training batch subtracts its own
+positive edges from the degrees (``degree_drop``), as it removes them from its message graph:
+otherwise a node's degree would count the edge it is asked to predict, which a held-out edge
+never does (a paper whose only subject edge is held out has subject-degree 0 at test time, and
+1 in every training positive).
+
+``forward`` runs all layers on a sampled batch; ``layer`` runs one layer on any subgraph, which
+is what layer-wise inference uses to embed every node chunk by chunk without a full-graph
+forward pass.
 """
 from __future__ import annotations
 
@@ -56,31 +62,39 @@ class KGEncoder(nn.Module):
             raise ValueError(f"jk must be 'last' or 'cat', got {jk!r}")
         self.jk = jk
         head_in = hidden * (layers + 1) if jk == "cat" else hidden
-        self.head = nn.ModuleDict({t: nn.Linear(head_in, out) for t in num_nodes})
+        self.head = nn.ModuleDict({t: nn.Linear(head_in, out, bias=False) for t in num_nodes})
         self.rel = nn.Parameter(torch.ones(num_edge_types, out))
         """Diagonal DistMult relation of each (undirected) edge type."""
+        self.rel_bias = nn.Parameter(torch.zeros(num_edge_types))
+        """Logit offset per edge type. Without it the model manufactures one from a large shared
+        offset of every embedding of a type, and the embeddings collapse onto that direction."""
         self.align = nn.Linear(out, align_dim) if align_dim else None
         """Projection onto the teacher's embedding width, used only by the distillation loss."""
 
     def set_degrees(self, csc: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Fill the structural features from the training graph's CSC (ptr differences = in-degrees)."""
+        """Fill the in-degree per incoming message type from the training graph's CSC (ptr differences)."""
         if not self.degree_features:
             return
         for t in self.node_types:
-            cols = [torch.log1p(csc[mt][0].diff().float()) for mt in self.message_types if mt[2] == t and mt in csc]
+            cols = [csc[mt][0].diff().float() for mt in self.message_types if mt[2] == t and mt in csc]
             if cols:
                 getattr(self, f"degree_{t}").copy_(torch.stack(cols, dim=1))
 
     # -- layer-by-layer interface ------------------------------------------------
-    def inputs(self, n_id: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Layer-0 features of the given nodes: learnable embedding (+ projected degrees)."""
+    def inputs(self, n_id: dict[str, torch.Tensor],
+               degree_drop: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Layer-0 features of the given nodes: learnable embedding (+ projected log-degrees, less
+        the edges a training batch predicts)."""
         out = {}
         for t, ids in n_id.items():
             if not ids.numel():
                 continue
             h = self.embed[t](ids)
             if self.degree_features:
-                h = h + self.degree_proj[t](getattr(self, f"degree_{t}")[ids])
+                degree = getattr(self, f"degree_{t}")[ids]
+                if degree_drop is not None and t in degree_drop:
+                    degree = (degree - degree_drop[t]).clamp_min(0)
+                h = h + self.degree_proj[t](torch.log1p(degree))
             out[t] = h
         return out
 
@@ -92,23 +106,40 @@ class KGEncoder(nn.Module):
     def output(self, xs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """The head on the last layer, or (jk='cat') on every layer's output, input included:
         a node's own features, its neighbours' and its 2-hop neighbourhood's stay separately
-        readable instead of being mixed into the last layer only."""
+        readable instead of being mixed into the last layer only. Rows are those of the last
+        layer (every level lists the same nodes first)."""
         if self.jk == "cat":
-            return {t: self.head[t](torch.cat([x[t] for x in xs], dim=-1)) for t in xs[-1]}
+            return {t: self.head[t](torch.cat([x[t][:h.shape[0]] for x in xs], dim=-1)) for t, h in xs[-1].items()}
         return {t: self.head[t](h) for t, h in xs[-1].items()}
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        x = self.inputs(batch.n_id)
+        """Embeddings of the batch's nodes: its seed nodes only when the batch has hop counts.
+
+        With hop counts, layer ``i`` keeps only the nodes whose output can still reach a seed
+        (within ``layers - 1 - i`` hops) and the edges into them, PyG's ``trim_to_layer``: the
+        last layer and the head run on the seeds alone instead of the whole sampled subgraph.
+        """
+        x = self.inputs(batch.n_id, getattr(batch, "degree_drop", None))
+        hops = getattr(batch, "hops", None)
         edges = {k: v for k, v in batch.edge_index.items() if k[0] in x and k[2] in x}
         xs = [x]
         for i in range(self.num_layers):
-            xs.append(self.layer(i, xs[-1], edges))
+            if hops is None:
+                xs.append(self.layer(i, xs[-1], edges))
+                continue
+            reach = self.num_layers - 1 - i
+            keep = {t: hops[t][min(reach, len(hops[t]) - 1)] for t in xs[-1]}
+            into = {mt: ei[:, ei[1] < keep[mt[2]]] for mt, ei in edges.items() if mt[0] in keep and mt[2] in keep}
+            out = self.layer(i, xs[-1], into)
+            xs.append({t: h[:keep[t]] for t, h in out.items() if keep[t] > 0})
         return self.output(xs)
 
     # -- scoring -------------------------------------------------------------------
     def score(self, edge_type: int, h_src: torch.Tensor, h_dst: torch.Tensor) -> torch.Tensor:
-        """DistMult logit of (src, edge type, dst), scaled by 1/sqrt(width) to start unsaturated."""
-        return (h_src * self.rel[edge_type] * h_dst).sum(-1) / math.sqrt(h_src.shape[-1])
+        """DistMult logit of (src, edge type, dst), scaled by 1/sqrt(width) to start unsaturated,
+        plus the edge type's offset."""
+        dot = (h_src * self.rel[edge_type] * h_dst).sum(-1) / math.sqrt(h_src.shape[-1])
+        return dot + self.rel_bias[edge_type]
 
     def _ordered(self, edge_index: dict) -> dict:
         """Message types in metadata order, non-empty only (HGTConv relies on the order)."""
