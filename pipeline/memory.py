@@ -27,6 +27,12 @@ CUDA_CONTEXT_BYTES = 600 * MiB
 """CUDA context, cuBLAS/cuDNN handles and workspaces: not visible to the caching allocator."""
 FRAGMENTATION = 0.10
 """Share of the usable memory kept back for allocator fragmentation and rounding."""
+HOST_ALLOCATOR_SLACK = 0.10
+"""Extra share of a CPU budget kept back: with large tensors freed and reallocated every step,
+glibc keeps freed heap in its arenas, and the process's peak RSS ran ~10% of the budget above
+the sum of measured tensor bytes on the full-scale synthetic PrimeKG (bench/kg_bench.py)."""
+MEMORY_GB_ENV = "PIPELINE_MEMORY_GB"
+"""Environment variable that replaces the detected device total (GB) the planner budgets for."""
 
 
 # -- device total --------------------------------------------------------------
@@ -38,9 +44,17 @@ class DeviceMemory:
 
 
 def device_memory(device: torch.device, target_gb: float | None = None) -> DeviceMemory:
-    """Memory the device offers this job: the planned target, CUDA/MPS totals, or the CPU limit."""
+    """Memory the device offers this job: the planned target, CUDA/MPS totals, or the CPU limit.
+
+    ``PIPELINE_MEMORY_GB`` replaces the detected total, for a node whose limit the job cannot
+    see (shared without cgroup enforcement). Above the job's real limit it overcommits: the plan
+    then fills memory the job does not have, which the cluster's memory kill test relies on.
+    """
     if target_gb is not None:
         return DeviceMemory(int(target_gb * GiB), "profile target")
+    override = os.environ.get(MEMORY_GB_ENV, "").strip()
+    if override:
+        return DeviceMemory(int(float(override) * GiB), MEMORY_GB_ENV)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return DeviceMemory(total, "torch.cuda.mem_get_info")
@@ -101,6 +115,28 @@ def static_costs(model: torch.nn.Module, optimizer_states: int = 2, teacher: tor
         "teacher (on device)": tensor_bytes(teacher.parameters()) if teacher is not None else 0,
         "of which embedding tables": tensor_bytes(embeddings),
     }
+
+
+def process_baseline(model: torch.nn.Module) -> int:
+    """Resident memory of this process, less the model's own CPU parameters (counted as parameters).
+
+    Taken before probing: probes leave freed heap in glibc's arenas, which is the allocator
+    slack's share, not the baseline's.
+    """
+    import psutil
+
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == "cpu")
+    return max(0, psutil.Process().memory_info().rss - params)
+
+
+def host_process_lines(baseline: int, total: int) -> tuple[dict[str, int], dict[str, int]]:
+    """What the process itself takes of a CPU budget, as (fixed, static) budget lines.
+
+    On the host the interpreter, torch, PyG and the mapped cache share the job's memory limit
+    with the tensors; a plan that counts only tensors gets the job killed under a tight --mem.
+    """
+    return ({"host allocator slack": int(total * HOST_ALLOCATOR_SLACK)},
+            {"interpreter and libraries (RSS)": baseline})
 
 
 # -- measured activation cost -------------------------------------------------------
@@ -385,13 +421,18 @@ PROBE_GRAPHS = (8, 16, 32, 64)
 
 def plan_key(model: torch.nn.Module, split: Any, device: torch.device, safety_factor: float,
              max_graphs: int, target_gb: float | None = None) -> str:
-    """Identity of a plan: the model's shape, the data's shape and the device it is for."""
+    """Identity of a plan: the model's shape, the data's shape and the device it is for.
+
+    The device's total is part of it, so a job resumed with more (or less) memory plans again
+    instead of reusing a plan sized for the old limit.
+    """
     import hashlib
 
     payload = {
         "model": type(model).__name__, "kwargs": dict(getattr(model, "model_kwargs", {})),
         "graphs": len(split), "nodes": int(split.node_ptr[-1]), "edges": int(split.edge_ptr[-1]),
-        "device": str(device), "safety_factor": safety_factor, "max_graphs": max_graphs, "target_gb": target_gb,
+        "device": str(device), "device_total": device_memory(device, target_gb).total,
+        "safety_factor": safety_factor, "max_graphs": max_graphs, "target_gb": target_gb,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -410,6 +451,7 @@ def plan_graph_batches(
     target_gb: float | None = None,
     target_device: str | None = None,
     amp: bool = False,
+    count_process: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[MemoryBudget, BatchPlan]:
     """Measure (or reuse) the activation cost of ``model`` on ``split`` and size its batches.
@@ -418,6 +460,10 @@ def plan_graph_batches(
     job and later stages reuse it instead of probing again. ``target_device``/``target_gb`` plan
     for a device other than the one probed on (preflight on a CPU login node for a GPU job):
     live tensor bytes are the same on both, only the fixed overheads differ.
+
+    ``count_process`` (default: when the target is the CPU) budgets the process itself: its
+    resident baseline and the mapped cache as static lines, glibc's slack as a fixed one. False
+    budgets tensors only, as on an accelerator (a benchmark emulating a small device).
     """
     cached = load_plan(plan_path, key)
     if cached is not None:
@@ -443,6 +489,9 @@ def plan_graph_batches(
     sizes = [g for g in PROBE_GRAPHS if g <= max(len(split), 2)] or [1, 2]
     mem = device_memory(device, target_gb)
     target = torch.device(target_device) if target_device else device
+    if count_process is None:
+        count_process = target.type == "cpu"
+    baseline = process_baseline(model) if count_process else 0   # before probes grow the heap
 
     def measure_and_plan(checkpointing: bool) -> tuple[MemoryBudget, BatchPlan]:
         if hasattr(model, "gradient_checkpointing"):
@@ -452,9 +501,15 @@ def plan_graph_batches(
         torch.set_rng_state(rng_state)   # probing must not shift the training RNG stream
         model.zero_grad(set_to_none=True)
         fit.mode = "measured, gradient checkpointing" if checkpointing else "measured"
+        fixed, static = fixed_overhead(target, mem.total), static_costs(model, teacher=teacher)
+        if count_process:
+            host_fixed, host_static = host_process_lines(baseline, mem.total)
+            fixed.update(host_fixed)
+            static.update(host_static)
+            # Pages of the mapped cache become resident as batches touch them.
+            static["graph cache pages (host)"] = tensor_bytes(getattr(split, "t", {}).values())
         budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source,
-                              safety_factor=safety_factor, fixed=fixed_overhead(target, mem.total),
-                              static=static_costs(model, teacher=teacher), activation=fit)
+                              safety_factor=safety_factor, fixed=fixed, static=static, activation=fit)
         # Graph counts use the 95th-percentile graph; the node budget assumes the densest graph's
         # edges per node, so a batch of edge-dense windows (flooding) still fits.
         plan = plan_batches(budget, float(nodes.quantile(0.95)), float(edges.quantile(0.95)), max_graphs=max_graphs,

@@ -168,8 +168,9 @@ def test_gradient_checkpointing_keeps_gradients_and_saves_memory():
 
 def test_planner_turns_on_checkpointing_when_the_plan_is_too_small(tmp_path):
     model, split = _gat_and_split(layers=4)
+    # tensors only: the arithmetic below sizes the budget for a number of graphs
     plan_args = dict(model=model, split=split, loss_fn=_ce, device=torch.device("cpu"), safety_factor=0.9,
-                     max_graphs=10_000, log=lambda m: None)
+                     max_graphs=10_000, count_process=False, log=lambda m: None)
     _, roomy = memory.plan_graph_batches(**plan_args, plan_path=tmp_path / "a.json", key="a", target_gb=1.0)
     assert not roomy.checkpointing and not model.gradient_checkpointing
     # a budget with room for about 8 graphs without recomputation (below USEFUL_GRAPHS)
@@ -184,3 +185,110 @@ def test_planner_turns_on_checkpointing_when_the_plan_is_too_small(tmp_path):
     model.gradient_checkpointing = False
     memory.plan_graph_batches(**plan_args, plan_path=tmp_path / "b.json", key="b", target_gb=tight_gb)
     assert model.gradient_checkpointing
+
+
+# -- the process itself on a CPU budget --------------------------------------------------
+
+def test_process_baseline_is_resident_memory_less_the_parameters():
+    import psutil
+
+    small = torch.nn.Linear(2, 2)
+    big = torch.nn.Linear(2048, 4096)                       # 32 MiB of parameters, resident
+    params = sum(p.numel() * p.element_size() for p in big.parameters())
+    rss = psutil.Process().memory_info().rss
+    assert memory.process_baseline(small) == pytest.approx(rss, abs=8 * memory.MiB)
+    assert memory.process_baseline(big) == pytest.approx(rss - params, abs=8 * memory.MiB)
+    assert memory.process_baseline(big) > 50 * memory.MiB  # torch alone is more than this
+
+
+def test_cpu_plan_counts_the_process_as_a_static_line(tmp_path):
+    model, split = _gat_and_split()
+    args = dict(model=model, split=split, loss_fn=_ce, device=torch.device("cpu"), safety_factor=0.9,
+                max_graphs=10_000, target_gb=2.0, log=lambda m: None)
+    budget, plan = memory.plan_graph_batches(**args, plan_path=tmp_path / "a.json", key="a")
+    baseline = budget.static["interpreter and libraries (RSS)"]
+    assert baseline > 50 * memory.MiB
+    assert budget.static["graph cache pages (host)"] == memory.tensor_bytes(split.t.values()) > 0
+    assert budget.fixed["host allocator slack"] == int(budget.total * memory.HOST_ALLOCATOR_SLACK)
+    assert "interpreter and libraries (RSS)" in budget.table() and "host allocator slack" in budget.table()
+    assert plan.predicted_bytes <= budget.usable_for_activations
+    # the same plan for tensors only leaves the process's share to activations
+    tensors, _ = memory.plan_graph_batches(**args, plan_path=tmp_path / "b.json", key="b", count_process=False)
+    assert "interpreter and libraries (RSS)" not in tensors.static and "host allocator slack" not in tensors.fixed
+    host_share = baseline + budget.static["graph cache pages (host)"] + budget.fixed["host allocator slack"]
+    assert tensors.usable_for_activations - budget.usable_for_activations == host_share
+
+
+def test_cpu_budget_smaller_than_the_process_is_refused(tmp_path):
+    model, split = _gat_and_split()
+    tiny_gb = 0.5 * memory.process_baseline(model) / 2**30
+    with pytest.raises(MemoryError, match="exceeds the budget"):
+        memory.plan_graph_batches(model, split, _ce, torch.device("cpu"), 0.9, 10_000, tmp_path / "p.json", "k",
+                                  target_gb=tiny_gb, log=lambda m: None)
+    # the same size as a tensor-only budget (an accelerator's) does plan: the process made the difference
+    _, plan = memory.plan_graph_batches(model, split, _ce, torch.device("cpu"), 0.9, 10_000, tmp_path / "q.json",
+                                        "k", target_gb=tiny_gb, count_process=False, log=lambda m: None)
+    assert plan.graphs >= 1
+
+
+# -- the device total in the plan key ------------------------------------------------------
+
+def test_override_replaces_the_detected_total(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(memory.MEMORY_GB_ENV, "1.5")
+    assert memory.device_memory(cpu) == memory.DeviceMemory(int(1.5 * memory.GiB), memory.MEMORY_GB_ENV)
+    assert memory.device_memory(cpu, target_gb=3).total == 3 * memory.GiB   # a preflight target wins
+    monkeypatch.delenv(memory.MEMORY_GB_ENV)
+    assert memory.device_memory(cpu).source != memory.MEMORY_GB_ENV
+
+
+def test_plan_key_changes_with_the_device_total(monkeypatch):
+    model, split = _gat_and_split()
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "512")
+    small = memory.plan_key(model, split, cpu, 0.9, 64)
+    assert memory.plan_key(model, split, cpu, 0.9, 64) == small            # stable for the same limit
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "1024")
+    assert memory.plan_key(model, split, cpu, 0.9, 64) != small
+    assert memory.plan_key(model, split, cpu, 0.9, 64, target_gb=1.0) != memory.plan_key(
+        model, split, cpu, 0.9, 64, target_gb=2.0)
+
+
+def test_resume_with_more_memory_plans_again(tmp_path, monkeypatch):
+    model, split = _gat_and_split()
+    cpu = torch.device("cpu")
+    plan_path = tmp_path / "memory_plan.json"
+
+    def stage_plan(mem_mb: int) -> tuple[memory.MemoryBudget, memory.BatchPlan, list[str]]:
+        # the key and the budget from the job's --mem, as in a stage under SLURM (tensor-only budget,
+        # so that a few hundred MB plan without the test process's own footprint)
+        monkeypatch.setenv("SLURM_MEM_PER_NODE", str(mem_mb))
+        messages: list[str] = []
+        key = memory.plan_key(model, split, cpu, 0.9, 10_000)
+        budget, plan = memory.plan_graph_batches(model, split, _ce, cpu, 0.9, 10_000, plan_path, key,
+                                                 count_process=False, log=messages.append)
+        return budget, plan, messages
+
+    first, small, _ = stage_plan(256)
+    again, same, messages = stage_plan(256)
+    assert "reused" in messages[0] and same == small and again.total == first.total == 256 * memory.MiB
+    bigger, large, messages = stage_plan(1024)
+    assert not any("reused" in m for m in messages)
+    assert bigger.total == 1024 * memory.MiB and large.max_nodes > 3 * small.max_nodes
+    assert memory.load_plan(plan_path, memory.plan_key(model, split, cpu, 0.9, 10_000))[1] == large
+
+
+def test_kg_plan_key_changes_with_the_device_total(monkeypatch):
+    from types import SimpleNamespace
+
+    from pipeline.kg.plan import kg_plan_key
+
+    model = torch.nn.Linear(2, 2)
+    graph = SimpleNamespace(manifest={"key": "g"})
+    loader = SimpleNamespace(fanouts=[4, 2], neg_ratio=1)
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "512")
+    small = kg_plan_key(model, graph, loader, cpu, 0.9, 256)
+    assert kg_plan_key(model, graph, loader, cpu, 0.9, 256) == small
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "1024")
+    assert kg_plan_key(model, graph, loader, cpu, 0.9, 256) != small

@@ -20,22 +20,19 @@ import torch
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.sampler import LinkBatchLoader, allocate_seeds
 from pipeline.memory import (HeteroBatchPlan, MemoryBudget, _fmt, device_memory, fit_composition, fixed_overhead,
-                             load_hetero_plan, measure_hetero_activation_cost, plan_hetero_batches, save_hetero_plan,
-                             static_costs)
+                             host_process_lines, load_hetero_plan, measure_hetero_activation_cost, plan_hetero_batches,
+                             process_baseline, save_hetero_plan, static_costs)
 
 PROBE_SEEDS = (16, 32, 64, 128)
 SKEWED_PROBES = 4
-HOST_ALLOCATOR_SLACK = 0.10
-"""Extra share of a CPU budget kept back: with large tensors freed and reallocated every step,
-glibc keeps freed heap in its arenas, and the process's peak RSS ran ~10% of the budget above
-the sum of measured tensor bytes on the full-scale synthetic PrimeKG (bench/kg_bench.py)."""
 
 
 def kg_plan_key(model: torch.nn.Module, graph: KGGraph, loader: LinkBatchLoader, device: torch.device,
                 safety_factor: float, max_seed_edges: int, target_gb: float | None = None) -> str:
     payload = {"model": type(model).__name__, "kwargs": dict(getattr(model, "model_kwargs", {})),
                "graph": graph.manifest["key"], "fanouts": loader.fanouts, "neg_ratio": loader.neg_ratio,
-               "device": str(device), "safety_factor": safety_factor, "max_seed_edges": max_seed_edges,
+               "device": str(device), "device_total": device_memory(device, target_gb).total,
+               "safety_factor": safety_factor, "max_seed_edges": max_seed_edges,
                "target_gb": target_gb}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -58,7 +55,7 @@ def plan_kg_batches(model: torch.nn.Module, loader: LinkBatchLoader, loss_fn: Ca
         log(f"memory plan reused from {plan_path}: {cached[1].seed_edges} seed edges per step")
         return cached
     graph = loader.graph
-    baseline = _process_baseline(model)
+    baseline = process_baseline(model)
     counts = {k: n for k, n in loader.train_counts.items() if n}
     sizes = probe_sizes(sum(counts.values()))
     gen = torch.Generator().manual_seed(0)
@@ -90,14 +87,14 @@ def plan_kg_batches(model: torch.nn.Module, loader: LinkBatchLoader, loss_fn: Ca
     mem = device_memory(device, target_gb)
     target = torch.device(target_device) if target_device else device
     static = static_costs(model)
-    if target.type == "cpu":
-        # On the host, the process itself (interpreter, torch, the cache's pages) shares the budget.
-        static["graph arrays (host)"] = graph.host_bytes()
-        static["interpreter and libraries (RSS)"] = baseline
-        static.update(extra_static or {})
     fixed = fixed_overhead(target, mem.total)
     if target.type == "cpu":
-        fixed["host allocator slack"] = int(mem.total * HOST_ALLOCATOR_SLACK)
+        # On the host, the process itself (interpreter, torch, the cache's pages) shares the budget.
+        host_fixed, host_static = host_process_lines(baseline, mem.total)
+        static["graph arrays (host)"] = graph.host_bytes()
+        static.update(host_static)
+        static.update(extra_static or {})
+        fixed.update(host_fixed)
     budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source, safety_factor=safety_factor,
                           fixed=fixed, static=static, activation=fit.pooled())
     names = {k: f"e{k}" for k in counts}
@@ -109,14 +106,6 @@ def plan_kg_batches(model: torch.nn.Module, loader: LinkBatchLoader, loss_fn: Ca
     save_hetero_plan(plan_path, budget, fit, composition, plan, key)
     log(f"memory budget:\n{budget.table()}\n{describe_plan(graph, plan)}")
     return budget, plan
-
-
-def _process_baseline(model: torch.nn.Module) -> int:
-    """Resident memory of this process before probing, less the model's own parameters."""
-    import psutil
-
-    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == "cpu")
-    return max(0, psutil.Process().memory_info().rss - params)
 
 
 def describe_plan(graph: KGGraph, plan: HeteroBatchPlan) -> str:
