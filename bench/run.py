@@ -23,6 +23,8 @@ BENCHMARKS: list[str] = [
     "bench.data_bench:cache_open",
     "bench.data_bench:collate_speed",
     "bench.memory_bench:gat_memory_accuracy",
+    "bench.memory_bench:vgae_memory_accuracy",
+    "bench.memory_bench:hgt_memory_accuracy",
     "bench.student_bench:student_stage_memory",
 ]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
