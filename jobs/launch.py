@@ -368,7 +368,11 @@ def _run_local(plan: RunPlan, action: str) -> None:
 
 
 def print_metrics(run: RunDir, profile: Profile) -> None:
-    """The evaluate stage's table, which is what a demo or dry-run is for."""
+    """The evaluate stage's table, which is what a demo or dry-run is for (for knowledge graphs:
+    the export's embedding reports)."""
+    if profile.task == "kg":
+        print_kg_reports(run, profile)
+        return
     if "evaluate" not in profile.stages:
         return
     path = run.path / "evaluate" / "metrics.md"
@@ -377,6 +381,17 @@ def print_metrics(run: RunDir, profile: Profile) -> None:
         return
     print(f"metrics: {path}\n")
     print(path.read_text().rstrip())
+
+
+def print_kg_reports(run: RunDir, profile: Profile) -> None:
+    """One line per exported model (geometry and held-out link prediction) and where its report is."""
+    record = run.done_record("export") if "export" in profile.stages else None
+    if record is None:
+        return
+    for role, numbers in sorted(record.get("models", {}).items(), key=lambda item: item[0] != "teacher"):
+        headline = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in numbers.items() if k != "dir")
+        print(f"{role} embeddings: {headline}\n  report: {Path(numbers['dir']) / 'report.md'}")
 
 
 def resume(path: str | os.PathLike, overrides: list[str]) -> list[RunPlan]:
