@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipeline.kg.loss import rank_metrics
-from pipeline.kg.report import (EmbeddingCollapsed, check_collapse, geometry, label_f1, link_prediction, pca_plot,
-                                sample_nodes)
+from pipeline.kg.report import (EmbeddingCollapsed, check_collapse, geometry, label_f1, link_prediction, markdown,
+                                mean_link_metrics, pca_plot, sample_nodes)
 from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
 from tests.kg_helpers import small_graph
 
@@ -74,6 +74,14 @@ def test_link_prediction_and_labels_on_planted_embeddings(tmp_path):
     res = label_f1(emb, graph, path, test_fraction=0.3)
     assert res["macro_f1"] == 1.0 and res["classes"] == 2 and res["test"] == round(0.3 * len(ids) + 0.49)
     x, types = sample_nodes(emb, 100)
+    report = {"nodes": 10, "dim": 64, "model": "HGT", "geometry": geometry(x, types), "negatives": 20,
+              "link_prediction": lp, "link_prediction_mean": mean_link_metrics(lp), "labels": res,
+              "edge_split": {"val_fraction": 0.05, "test_fraction": 0.1, "holdout_max": 10_000, "split_seed": 3,
+                             "rule": "per edge type"}, "plot": str(tmp_path / "pca.png")}
+    text = markdown("teacher", report)
+    assert "test_fraction=0.1 (at most 10000 per edge type and split), seed=3" in text
+    assert "test_fraction=0.3" in text and f"macro-F1 **{res['macro_f1']:.4f}**" in text
+    assert "Edge split" not in markdown("teacher", {**report, "edge_split": None})
     pca_plot(x, types, [graph.type_name(t) for t in emb], "test", tmp_path / "pca.png")
     assert (tmp_path / "pca.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -173,8 +173,9 @@ def markdown(name: str, report: dict[str, Any]) -> str:
              f"| PCA components for 90% variance | {g['pca_components_90']} |",
              f"| mean cosine within a node type | {g['within_type_cosine']:.4f} |",
              f"| mean cosine across node types | {g['across_type_cosine']:.4f} |", "",
-             f"Held-out link prediction (test edges, {report['negatives']} uniform corrupted tails each, unfiltered):", "",
-             "| edge type | test edges | AUC | MRR |", "|---|---|---|---|"]
+             f"Held-out link prediction (test edges, {report['negatives']} uniform corrupted tails each, unfiltered):", ""]
+    lines += edge_split_lines(report.get("edge_split"))
+    lines += ["| edge type | test edges | AUC | MRR |", "|---|---|---|---|"]
     for et, m in report["link_prediction"].items():
         lines.append(f"| {et} | {m['test_edges']} | {m['auc']:.4f} | {m['mrr']:.4f} |")
     lp = report["link_prediction_mean"]
@@ -186,6 +187,17 @@ def markdown(name: str, report: dict[str, Any]) -> str:
                   f"macro-F1 **{lab['macro_f1']:.4f}**, accuracy {lab['accuracy']:.4f}"]
     lines += ["", f"![PCA]({Path(report['plot']).name})", ""]
     return "\n".join(lines)
+
+
+def edge_split_lines(split: dict[str, Any] | None) -> list[str]:
+    """How the held-out edges were chosen, so a reader of the markdown alone can judge the AUC."""
+    if not split:
+        return []
+    cap = split.get("holdout_max")
+    return [f"Edge split: val_fraction={split['val_fraction']}, test_fraction={split['test_fraction']} "
+            f"(at most {cap if cap is not None else 'all'} per edge type and split), seed={split['split_seed']}, "
+            f"{split['rule']}; held-out edges are absent from the training graph (messages, degrees and "
+            "positives).", ""]
 
 
 def mean_link_metrics(per_type: dict[str, dict[str, Any]]) -> dict[str, float]:
