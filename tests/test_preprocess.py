@@ -197,3 +197,14 @@ def test_cache_finished_by_another_job_is_not_replaced(tmp_path, monkeypatch):
     assert second["cache_dir"] == str(cache) and len(calls) >= 2
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary left behind
+
+
+def test_unreadable_cache_split_names_its_path(tmp_path):
+    record, _ = run_preprocess(tmp_path, "data.limit_rows=1000")
+    split = Path(record["cache_dir"]) / "val.pt"
+    split.write_bytes(split.read_bytes()[: split.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{split}.*unreadable.*preprocess"):
+        GraphSplit.open(split)
+    torch.save({"y": torch.zeros(2)}, split)
+    with pytest.raises(ValueError, match=r"val\.pt lacks \['x'"):
+        GraphSplit.open(split)

@@ -90,7 +90,15 @@ class GraphSplit:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"graph cache split {path} does not exist (run the preprocess stage)")
-        tensors = torch.load(path, mmap=True, weights_only=True)
+        try:
+            tensors = torch.load(path, mmap=True, weights_only=True)
+        except Exception as exc:   # truncated or overwritten file: torch's message names no path
+            raise ValueError(f"graph cache split {path} is unreadable ({type(exc).__name__}: {exc}); "
+                             f"delete {path.parent} and run the preprocess stage again") from exc
+        missing = [k for k in SPLIT_KEYS if k not in tensors] if isinstance(tensors, dict) else list(SPLIT_KEYS)
+        if missing:
+            raise ValueError(f"graph cache split {path} lacks {missing}; delete {path.parent} and run the "
+                             "preprocess stage again")
         validate_split(tensors, str(path))
         return cls(tensors, path)
 
