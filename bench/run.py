@@ -26,6 +26,9 @@ BENCHMARKS: list[str] = [
     "bench.memory_bench:vgae_memory_accuracy",
     "bench.memory_bench:hgt_memory_accuracy",
     "bench.student_bench:student_stage_memory",
+    "bench.kg_bench:kg_sampled_training",
+    "bench.kg_bench:kg_export",
+    "bench.kg_bench:kg_full_batch",
 ]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = ("benchmark", "metric", "value", "target", "ok")
