@@ -103,7 +103,10 @@ def gather(model: nn.Module, forward: Forward, split: GraphSplit, plan: BatchPla
     for _, out in run_chunked(model, forward, split, plan, device):
         for key, value in (out if isinstance(out, dict) else {"out": out}).items():
             parts.setdefault(key, []).append(value)
-    return {k: torch.cat(v) for k, v in parts.items()}
+    outputs = {k: torch.cat(v) for k, v in parts.items()}
+    parts.clear()
+    free_device_memory(device)   # the pass's transients must not stay in the job's later peaks
+    return outputs
 
 
 def cpu_latency_ms_per_1k(model: nn.Module, forward: Forward, split: GraphSplit, batch_size: int,
