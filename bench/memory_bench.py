@@ -137,7 +137,7 @@ cover the graph, so batch content still grows with the seed count."""
 HGT_FANOUTS = [10, 5]
 HGT_EVAL_SEEDS = (24, 48, 96, 192, 256, 320)
 HGT_MAX_SEED_EDGES = 1024
-HGT_BUDGETS_MB = (64, 128, 256, 512)
+HGT_BUDGETS_MB = (128, 192, 256, 384)
 HGT_DIMS = {"hidden": 128, "out": 128, "heads": 4}
 """The primekg teacher (HGT, 2 layers) at half its width: the full 256/512 x 8 heads costs minutes
 per probe on a small shared CPU, and the per-type cost model does not depend on the width."""
@@ -243,9 +243,13 @@ def _hgt_no_oom_rows(name, model, loader, loss_fn, step, fit, composition, count
         budget = memory.MemoryBudget(device=str(target), total=total, total_source="emulated", safety_factor=0.9,
                                      fixed=memory.fixed_overhead(target, total), static=static,
                                      activation=fit.pooled())
-        plan = memory.plan_hetero_batches(budget, fit, composition,
-                                          lambda n: {str(k): v for k, v in allocate_seeds(counts, n).items()},
-                                          HGT_MAX_SEED_EDGES)
+        try:
+            plan = memory.plan_hetero_batches(budget, fit, composition,
+                                              lambda n: {str(k): v for k, v in allocate_seeds(counts, n).items()},
+                                              HGT_MAX_SEED_EDGES)
+        except MemoryError as exc:   # refusing a device too small is the planner's answer, not an OOM
+            rows.append(row(name, f"{mb} MiB device, sf 0.9: plan refused ({exc})", 0))
+            continue
         limit = budget.total * budget.safety_factor - budget.fixed_total
         loader.max_nodes = plan.seed_edges
         loader.set_epoch(mb)
