@@ -157,9 +157,9 @@ def _oom_advice(run: RunDir, stage: str, record: dict[str, Any]) -> str:
 def memory_plan_summary(run: RunDir, stage: str) -> str | None:
     """What the stage's batch planner expected to use (<stage>/memory_plan.json), in one phrase.
 
-    The plan counts tensors (model state and a batch's activations) within the device budget it
-    saw; on the CPU that budget is the job's --mem, and the process's own baseline (Python, torch,
-    the mapped graph cache) comes on top of the plan.
+    The plan counts model state and a batch's activations within the device budget it saw; on the
+    CPU that budget is the job's --mem (its share, with several ranks on a node), and the plan also
+    counts the process itself (resident baseline, mapped graph cache, allocator slack).
     """
     path = run.path / stage / "memory_plan.json"
     try:
@@ -170,7 +170,7 @@ def memory_plan_summary(run: RunDir, stage: str) -> str | None:
         tensors = static + int(plan["predicted_bytes"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return (f"planned {_gib(tensors)} of tensors ({plan['graphs']} graphs per batch) plus {_gib(fixed)} reserved, "
+    return (f"planned {_gib(tensors)} ({plan['graphs']} graphs per batch) plus {_gib(fixed)} reserved, "
             f"within {_gib(budget['total'])} of {budget['device']} memory ({stage}/{path.name})")
 
 

@@ -53,6 +53,11 @@ def local_rank() -> int:
     return _env_int("LOCAL_RANK", 0) if is_active() else 0
 
 
+def local_world_size() -> int:
+    """Ranks started on this node (LOCAL_WORLD_SIZE, exported by submitit and torchrun), 1 if unset."""
+    return max(1, _env_int("LOCAL_WORLD_SIZE", 1))
+
+
 def is_main() -> bool:
     """Rank 0, the only process that writes run files (checkpoints, metrics, done markers)."""
     return rank() == 0

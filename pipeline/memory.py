@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pipeline import io
+from pipeline import distributed, io
 
 GiB = 1024**3
 MiB = 1024**2
@@ -62,7 +62,11 @@ def device_memory(device: torch.device, target_gb: float | None = None) -> Devic
         return DeviceMemory(total, "torch.cuda.mem_get_info")
     if device.type == "mps":
         return DeviceMemory(int(torch.mps.recommended_max_memory()), "torch.mps.recommended_max_memory")
-    return cpu_memory_limit()
+    limit = cpu_memory_limit()
+    ranks = distributed.local_world_size()
+    if ranks > 1:   # data-parallel ranks on one node share its host memory; each plans for its share
+        return DeviceMemory(limit.total // ranks, f"{limit.source} / {ranks} ranks on this node")
+    return limit
 
 
 def cpu_memory_limit() -> DeviceMemory:

@@ -234,11 +234,11 @@ def test_oom_row_compares_the_request_with_the_memory_plan(tmp_path):
             "plan": {"graphs": 104, "predicted_bytes": 396 * 2**20}}
     (run.stage_dir("teacher") / "memory_plan.json").write_text(json.dumps(plan))
     assert memory_plan_summary(run, "teacher") == (
-        "planned 0.39G of tensors (104 graphs per batch) plus 51M reserved, within 0.50G of cpu memory "
+        "planned 0.39G (104 graphs per batch) plus 51M reserved, within 0.50G of cpu memory "
         "(teacher/memory_plan.json)")
     records = {"teacher": {"job_id": "5", "resources": {"mem_gb": 0.5}}}
     (row,) = stage_rows(run, ["teacher"], {}, records, parse_sacct("5|OUT_OF_MEMORY|00:00:05|\n"))
-    assert row.detail.startswith("requested 0.5G (--mem) was not enough; planned 0.39G of tensors")
+    assert row.detail.startswith("requested 0.5G (--mem) was not enough; planned 0.39G")
     assert row.detail.endswith(f"make resume RUN={run.path} O=resources.teacher.mem_gb=1")
 
 

@@ -119,6 +119,15 @@ def test_cpu_limit_respects_slurm(monkeypatch):
     assert memory.cpu_memory_limit().total == 200 * memory.MiB
 
 
+def test_ranks_on_one_node_split_its_host_memory(monkeypatch):
+    monkeypatch.delenv(memory.MEMORY_GB_ENV, raising=False)
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "1024")
+    whole = memory.device_memory(torch.device("cpu"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    share = memory.device_memory(torch.device("cpu"))
+    assert share.total == whole.total // 4 and "4 ranks" in share.source
+
+
 def test_plan_round_trips_through_run_dir(tmp_path):
     b = budget()
     b.activation.points = [ProbePoint(1, 2, 3)]
