@@ -36,7 +36,8 @@ def test_chain_runs_end_to_end_on_the_fixture(chain):
         assert len((run.path / role / "metrics.jsonl").read_text().splitlines()) == 2
         assert 0 <= results[role]["best_val"]["auc"] <= 1
     assert results["student"]["param_ratio"] < 1
-    assert (run.path / "student" / "teacher_embeddings" / "meta.json").exists()
+    distill = load_profile("primekg", TINY).distill
+    assert results["student"]["distill"] == {"alpha": distill.alpha, "temperature": distill.temperature}
     assert set(results["export"]["models"]) == {"teacher", "student"}
 
 

@@ -4,9 +4,10 @@
   negatives, pooled over edge types (each pair counts once).
 * Contrastive term (optional, ``kg.contrastive_weight``): InfoNCE over the batch's positives of
   one edge type: each head must pick its own tail among the tails of the other positives.
-* Distillation (student): the link loss, plus ``alpha`` x (soft-target BCE against the teacher's
-  logits at temperature T, scaled by T^2, as in the CAN students; and 1 - cosine between the
-  student's aligned embedding and the teacher's), sharing ``distill.temperature`` / ``alpha``.
+* Distillation (student): the link loss, plus ``alpha`` x (binary KL from the teacher's link
+  probabilities to the student's at temperature T, scaled by T^2, as in the CAN students; and
+  1 - cosine between the student's aligned embedding and the teacher's), sharing
+  ``distill.temperature`` / ``alpha``. The frozen teacher runs on the student's batch.
 """
 from __future__ import annotations
 
@@ -67,45 +68,50 @@ def link_loss(contrastive_weight: float = 0.0, temperature: float = 0.2) -> Loss
     return loss_fn
 
 
-class TeacherTables:
-    """The teacher's exported embeddings (one array per node type) and its relation vectors.
+def soft_link_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean binary KL divergence from the teacher's link probabilities to the student's, both at
+    temperature T, scaled by T^2 (Hinton et al.: keeps the gradient's size independent of T).
 
-    Read-only arrays (mmap) on the host: a batch gathers only its own rows.
+    Cross-entropy less the soft targets' entropy: 0 exactly when the logits match, so the term
+    measures disagreement only (plain BCE against soft targets bottoms out at their entropy,
+    which at T=4 is most of the logged loss).
     """
-
-    def __init__(self, tables: dict[str, np.ndarray], rel: torch.Tensor, rel_bias: torch.Tensor | None = None):
-        self.tables = tables
-        self.rel = rel.detach().float().cpu()
-        self.rel_bias = rel_bias.detach().float().cpu() if rel_bias is not None else torch.zeros(rel.shape[0])
-
-    def gather(self, n_id: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-        return {t: torch.from_numpy(np.asarray(self.tables[t][ids.cpu().numpy()])).to(device)
-                for t, ids in n_id.items() if ids.numel()}
-
-    def score(self, edge_type: int, h_src: torch.Tensor, h_dst: torch.Tensor) -> torch.Tensor:
-        rel = self.rel[edge_type].to(h_src.device)
-        return (h_src * rel * h_dst).sum(-1) / h_src.shape[-1] ** 0.5 + float(self.rel_bias[edge_type])
+    s, t = student.float() / temperature, teacher.float().detach() / temperature
+    soft = torch.sigmoid(t)
+    kl = F.binary_cross_entropy_with_logits(s, soft) - F.binary_cross_entropy_with_logits(t, soft)
+    return kl * temperature ** 2
 
 
-def distill_loss(teacher: TeacherTables, alpha: float, temperature: float, contrastive_weight: float = 0.0,
+def distill_loss(teacher: nn.Module, alpha: float, temperature: float, contrastive_weight: float = 0.0,
                  contrastive_temperature: float = 0.2) -> LossFn:
-    """The student's loss hook: (1 - alpha) link loss + alpha (score KD + embedding alignment)."""
+    """The student's loss hook: (1 - alpha) link loss + alpha (score KD + embedding alignment).
+
+    The frozen teacher (eval mode, no gradient) runs on the student's own batch: the same sampled
+    subgraph, without the batch's positive edges in its messages or degrees. Targets taken from
+    the teacher's embeddings of the full training graph would not be: there, every training
+    positive is already an edge of the graph (a paper's only subject edge is among its messages
+    and counted in its degree), a view the student never gets and held-out edges never have.
+    On ACM such targets ranked training paper-subject positives below their negatives, and a
+    student distilled from them scored held-out paper-subject edges below chance.
+    """
     base = link_loss(contrastive_weight, contrastive_temperature)
+    teacher.eval()
+    teacher.requires_grad_(False)
 
     def loss_fn(model: nn.Module, batch: KGBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hard, emb = base(model, batch)
         if alpha == 0:
             return hard, emb
-        # the model returns its seed nodes (a prefix of n_id) when the batch is trimmed per layer
-        t_emb = teacher.gather({t: batch.n_id[t][:h.shape[0]] for t, h in emb.items()},
-                               next(model.parameters()).device)
+        teacher.eval()
+        with torch.no_grad():
+            t_emb = teacher(batch)
+            t_pos, t_neg = pair_logits(teacher, t_emb, batch)
         s_pos, s_neg = pair_logits(model, emb, batch)
-        t_pos, t_neg = pair_logits(teacher, t_emb, batch)
-        soft = torch.sigmoid(torch.cat([t_pos, t_neg]).float() / temperature)
-        kd = F.binary_cross_entropy_with_logits(torch.cat([s_pos, s_neg]).float() / temperature, soft)
-        kd = kd * temperature ** 2
+        kd = soft_link_kd(torch.cat([s_pos, s_neg]), torch.cat([t_pos, t_neg]), temperature)
         if model.align is not None:
-            cos = [F.cosine_similarity(model.align(emb[t]).float(), t_emb[t].float(), dim=-1) for t in emb]
+            # both models trim to the batch's seed nodes: the same rows, in the same order
+            cos = [F.cosine_similarity(model.align(emb[t]).float(), t_emb[t].float(), dim=-1)
+                   for t in emb if t in t_emb]
             kd = kd + (1 - torch.cat(cos)).mean()
         return (1 - alpha) * hard + alpha * kd, emb
     return loss_fn

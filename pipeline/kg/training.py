@@ -3,23 +3,21 @@
 Both train an encoder on sampled link batches (``LinkBatchLoader`` is the train loader), with the
 number of seed edges per step from the measured memory plan, and select the epoch with the best
 mean validation AUC over edge types (validation loss breaks ties). The student is distilled
-from the teacher: the teacher's embeddings of every node are computed once by layer-wise
-inference into ``student/teacher_embeddings/`` (mmap, reused on resume), and the student's loss
-mixes the link loss with matching the teacher's link scores and embeddings (``distill.alpha``,
-``distill.temperature``, shared with the CAN students).
+from the teacher: the frozen teacher runs on each of the student's sampled batches (no
+gradient), and the student's loss mixes the link loss with matching the teacher's link scores
+and embeddings on that batch (``distill.alpha``, ``distill.temperature``, shared with the CAN
+students). The teacher sees what the student sees: a batch's positive edges are out of both
+models' messages and degrees (see ``pipeline.kg.loss.distill_loss``).
 """
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from pipeline import io
 from pipeline.config import KGNetConfig
 from pipeline.kg.cache import KGGraph
-from pipeline.kg.inference import layerwise_embeddings
-from pipeline.kg.loss import TeacherTables, distill_loss, link_loss, validate_links
+from pipeline.kg.loss import distill_loss, link_loss, validate_links
 from pipeline.kg.plan import describe_plan, kg_plan_key, plan_kg_batches, plan_summary
 from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader
 from pipeline.memory import MiB
@@ -30,7 +28,6 @@ from pipeline.train import Selection, Trainer, configure_threads, load_model, se
 
 SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min")
 VAL_BATCH_EDGES = 256
-TEACHER_TABLES = "teacher_embeddings"
 
 
 def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None) -> KGEncoder:
@@ -65,15 +62,15 @@ def run_kg_student(ctx) -> dict[str, Any]:
     configure_threads(ctx.profile.train.threads)
     graph = open_graph(ctx)
     device = ctx.device
-    teacher = load_model(ctx.upstream["teacher"]["best_checkpoint"], device="cpu")
-    tables = teacher_tables(ctx, graph, teacher, device)
+    # on the training device: it runs on every batch; on the host its parameters are part of the
+    # process's resident baseline that the memory plan measures
+    teacher = load_model(ctx.upstream["teacher"]["best_checkpoint"], device="cpu").to(device).eval()
     seed_everything(ctx.profile.train.seed)
     model = build_encoder(ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim)
     kg, distill = ctx.profile.kg, ctx.profile.distill
-    loss_fn = distill_loss(tables, distill.alpha, distill.temperature, kg.contrastive_weight,
+    loss_fn = distill_loss(teacher, distill.alpha, distill.temperature, kg.contrastive_weight,
                            kg.contrastive_temperature)
-    host = sum(int(a.nbytes) for a in tables.tables.values())
-    summary = fit_encoder(ctx, graph, model, loss_fn, extra_static={"teacher embeddings (host)": host})
+    summary = fit_encoder(ctx, graph, model, loss_fn)
     ratio = count_parameters(model) / max(count_parameters(teacher), 1)
     ctx.log.info("student: %d parameters, %.3f of the teacher's %d", count_parameters(model), ratio,
                  count_parameters(teacher))
@@ -110,26 +107,3 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, extra_static: di
     return {"best_checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "best_val": result.best_metrics,
             "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
             "params": count_parameters(model), "batch_plan": plan_summary(plan), "steps_per_epoch": len(loader)}
-
-
-def teacher_tables(ctx, graph: KGGraph, teacher: KGEncoder, device: torch.device) -> TeacherTables:
-    """The teacher's embedding of every node, by layer-wise inference, cached in the stage folder.
-
-    Keyed by the teacher stage's fingerprint: a resumed student reuses them, a new teacher does not.
-    """
-    kg = ctx.profile.kg
-    folder = ctx.dir / TEACHER_TABLES
-    stamp = ctx.upstream["teacher"]["fingerprint"]
-    meta = folder / "meta.json"
-    if not (meta.exists() and io.read_json(meta).get("teacher") == stamp):
-        ctx.log.info("computing the teacher's embeddings of all %d nodes (layer-wise inference)",
-                     sum(graph.num_nodes.values()))
-        emb = layerwise_embeddings(teacher, graph, kg.export_chunk_nodes, kg.export_chunk_edges, device,
-                                   progress=ctx.log.info)
-        with io.atomic_path(folder, is_dir=True) as tmp:
-            for t, arr in emb.items():
-                np.save(tmp / f"{t}.npy", arr)
-            io.write_json(tmp / "meta.json", {"teacher": stamp, "dim": teacher.out_dim})
-        del emb
-    tables = {t: np.load(folder / f"{t}.npy", mmap_mode="r") for t in graph.node_types}
-    return TeacherTables(tables, teacher.rel, teacher.rel_bias)
