@@ -96,3 +96,19 @@ def test_measured_plan_on_a_graph_is_cached_and_predicts_a_real_step(tmp_path):
                             target_gb=1.0, log=messages.append)
     assert again[1] == plan and "reused" in messages[0]
 
+
+
+def test_a_distilling_teacher_counts_on_an_accelerator_not_twice_on_the_host(tmp_path):
+    graph = small_graph(tmp_path)
+    net = KGNetConfig(kind="sage", hidden=16, out=16, layers=2)
+    model, teacher = build_encoder(net, graph), build_encoder(net, graph)
+    loader = LinkBatchLoader(graph, 64, [4, 2], 1, seed=0)
+    cpu = torch.device("cpu")
+    plans = {}
+    for target in ("cpu", "cuda"):
+        plans[target], _ = plan_kg_batches(model, loader, link_loss(), cpu, 0.9, 64, tmp_path / f"{target}.json",
+                                           target, teacher=teacher, target_gb=1.0, target_device=target,
+                                           log=lambda m: None)
+    teacher_bytes = sum(p.numel() * p.element_size() for p in teacher.parameters())
+    assert plans["cuda"].static["teacher (on device)"] == teacher_bytes
+    assert plans["cpu"].static.get("teacher (on device)", 0) == 0   # already in the resident baseline

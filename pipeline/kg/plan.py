@@ -46,7 +46,7 @@ def probe_sizes(total_train: int) -> list[int]:
 
 def plan_kg_batches(model: torch.nn.Module, loader: LinkBatchLoader, loss_fn: Callable, device: torch.device,
                     safety_factor: float, max_seed_edges: int, plan_path: str | os.PathLike, key: str, *,
-                    extra_static: dict[str, int] | None = None, target_gb: float | None = None,
+                    teacher: torch.nn.Module | None = None, target_gb: float | None = None,
                     target_device: str | None = None, amp: bool = False,
                     log: Callable[[str], None] = print) -> tuple[MemoryBudget, HeteroBatchPlan]:
     """Measure (or reuse) the per-type activation costs of ``model`` and size its link batches."""
@@ -86,14 +86,15 @@ def plan_kg_batches(model: torch.nn.Module, loader: LinkBatchLoader, loss_fn: Ca
                                   {"__".join(mt): int(col.numel()) for mt, (_, col) in graph.csc.items()})
     mem = device_memory(device, target_gb)
     target = torch.device(target_device) if target_device else device
-    static = static_costs(model)
+    # A distilling teacher runs on every batch from the training device; on the host its parameters
+    # are already in the process's resident baseline.
+    static = static_costs(model, teacher=teacher if target.type != "cpu" else None)
     fixed = fixed_overhead(target, mem.total)
     if target.type == "cpu":
         # On the host, the process itself (interpreter, torch, the cache's pages) shares the budget.
         host_fixed, host_static = host_process_lines(baseline, mem.total)
         static["graph arrays (host)"] = graph.host_bytes()
         static.update(host_static)
-        static.update(extra_static or {})
         fixed.update(host_fixed)
     budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source, safety_factor=safety_factor,
                           fixed=fixed, static=static, activation=fit.pooled())

@@ -70,7 +70,7 @@ def run_kg_student(ctx) -> dict[str, Any]:
     kg, distill = ctx.profile.kg, ctx.profile.distill
     loss_fn = distill_loss(teacher, distill.alpha, distill.temperature, kg.contrastive_weight,
                            kg.contrastive_temperature)
-    summary = fit_encoder(ctx, graph, model, loss_fn)
+    summary = fit_encoder(ctx, graph, model, loss_fn, teacher=teacher)
     ratio = count_parameters(model) / max(count_parameters(teacher), 1)
     ctx.log.info("student: %d parameters, %.3f of the teacher's %d", count_parameters(model), ratio,
                  count_parameters(teacher))
@@ -78,7 +78,7 @@ def run_kg_student(ctx) -> dict[str, Any]:
             "param_ratio": round(ratio, 4), "distill": {"alpha": distill.alpha, "temperature": distill.temperature}}
 
 
-def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, extra_static: dict[str, int] | None = None
+def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.nn.Module | None = None
                 ) -> dict[str, Any]:
     """Plan the batches, then run the Trainer on sampled link batches; returns the stage summary."""
     kg, cfg, device = ctx.profile.kg, ctx.profile.train, ctx.device
@@ -93,7 +93,7 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, extra_static: di
     model.to(device)
     key = kg_plan_key(model, graph, loader, device, ctx.profile.safety_factor, kg.max_seed_edges)
     budget, plan = plan_kg_batches(model, loader, loss_fn, device, ctx.profile.safety_factor, kg.max_seed_edges,
-                                   ctx.dir / "memory_plan.json", key, extra_static=extra_static, amp=cfg.amp,
+                                   ctx.dir / "memory_plan.json", key, teacher=teacher, amp=cfg.amp,
                                    log=ctx.log.info)
     loader.max_nodes = plan.seed_edges
     ctx.log.info("%s: %d parameters on %s; %s; %d steps per epoch; %d validation batches",
