@@ -315,7 +315,10 @@ def kg_full_batch() -> list[dict[str, Any]]:
 def main(argv: list[str]) -> int:
     import torch
 
+    from pipeline.kg.hostmem import fix_mmap_threshold
+
     torch.set_num_threads(BENCH_THREADS)
+    fix_mmap_threshold()  # as the KG stages do
     mode, args = argv[0], json.loads(argv[1])
     result = {"train": child_train, "export": child_export, "full": child_full}[mode](args)
     print(json.dumps(result))
