@@ -315,7 +315,7 @@ def kg_full_batch() -> list[dict[str, Any]]:
 def main(argv: list[str]) -> int:
     import torch
 
-    from pipeline.kg.hostmem import fix_mmap_threshold
+    from pipeline.hostmem import fix_mmap_threshold
 
     torch.set_num_threads(BENCH_THREADS)
     fix_mmap_threshold()  # as the KG stages do

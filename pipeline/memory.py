@@ -7,8 +7,6 @@ records the peak of live tensor bytes, and a line cost = a + b_node*nodes + b_ed
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pipeline import distributed, io
+from pipeline import distributed, hostmem, io
 
 GiB = 1024**3
 MiB = 1024**2
@@ -408,20 +406,7 @@ def free_device_memory(device: torch.device) -> None:
     elif device.type == "mps":
         torch.mps.empty_cache()
     else:
-        _release_host_heap()
-
-
-def _release_host_heap() -> None:
-    """The host's empty_cache: hand freed heap pages back to the OS.
-
-    glibc keeps freed chunks in its arenas; after a pass of large transient tensors (inference
-    chunks, an OOM retry) that retained heap adds to every later peak RSS of the job.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc (musl, macOS): nothing to trim
-        pass
+        hostmem.release_freed_heap()
 
 
 def _fmt(n: float) -> str:

@@ -1,4 +1,7 @@
-"""Keep a knowledge-graph job's resident memory at what its tensors need, step after step.
+"""Host memory the C allocator holds on to: glibc settings that keep a job's RSS at what its
+tensors need (the host's counterpart of the CUDA caching allocator's ``empty_cache``).
+
+A knowledge-graph job's resident memory, step after step:
 
 Every sampled step allocates and frees tensors of a few MB to a few hundred MB. glibc's malloc
 serves a request from its own heap unless it is larger than the mmap threshold, and that
@@ -22,6 +25,18 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 """Allocations from this size up get their own mapping (glibc's static default is 128 KiB)."""
 
 
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt, libc.malloc_trim   # glibc only (not musl, macOS)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Set glibc's mmap threshold (which also stops its dynamic growth); False where this is not glibc.
 
@@ -29,11 +44,18 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = _glibc()
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold))) if libc else False
+
+
+def release_freed_heap() -> bool:
+    """Hand freed heap pages back to the system; False where this is not glibc.
+
+    glibc keeps freed chunks in its arenas: after a pass of large transient tensors (inference
+    chunks, an out-of-memory retry) that retained heap adds to every later peak RSS of the job.
+    """
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
-        return False
+    libc.malloc_trim(0)
+    return True
