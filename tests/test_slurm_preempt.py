@@ -22,7 +22,9 @@ from tests.launch_helpers import cancel_on_failure, job_ids, only_run, run_cli, 
 pytest_plugins = ["tests.slurm_cluster"]
 pytestmark = pytest.mark.slurm
 
-EPOCHS = 10
+EPOCHS = 30
+"""An idle machine runs an epoch of this profile in under a second: enough epochs that the second
+interruption still lands while the requeued job trains."""
 
 
 def _epochs_done(run) -> list[int]:
