@@ -201,6 +201,8 @@ class KGNetConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     jk: Literal["last", "cat"] = "last"
     """Output head on the last layer, or on all layers' outputs concatenated (jumping knowledge)."""
+    id_min_degree: int = Field(0, ge=0)
+    """Nodes with fewer training edges share one embedding row per type (0: every node has its own)."""
 
     @model_validator(mode="after")
     def _divisible_by_heads(self) -> "KGNetConfig":

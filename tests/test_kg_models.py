@@ -15,7 +15,8 @@ from tests.kg_helpers import small_graph
 
 TINY = {"hgt": KGNetConfig(kind="hgt", hidden=16, out=24, heads=4, layers=2, dropout=0.0),
         "sage": KGNetConfig(kind="sage", hidden=16, out=24, layers=2, dropout=0.0),
-        "hgt-jk": KGNetConfig(kind="hgt", hidden=16, out=24, heads=4, layers=3, dropout=0.0, jk="cat")}
+        "hgt-jk": KGNetConfig(kind="hgt", hidden=16, out=24, heads=4, layers=3, dropout=0.0, jk="cat"),
+        "sage-shared": KGNetConfig(kind="sage", hidden=16, out=24, layers=2, dropout=0.0, id_min_degree=3)}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_forward_shapes_and_loss_backward(graph, kind):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("kind", ["hgt", "sage", "hgt-jk"])
+@pytest.mark.parametrize("kind", ["hgt", "sage", "hgt-jk", "sage-shared"])
 def test_trimming_layers_does_not_change_seed_embeddings(graph, kind):
     import dataclasses
 
@@ -67,7 +68,7 @@ def test_trimming_layers_does_not_change_seed_embeddings(graph, kind):
         assert torch.allclose(h, whole[t][:h.shape[0]], atol=1e-5), t
 
 
-@pytest.mark.parametrize("kind", ["hgt", "sage", "hgt-jk"])
+@pytest.mark.parametrize("kind", ["hgt", "sage", "hgt-jk", "sage-shared"])
 def test_layerwise_inference_equals_the_full_forward(graph, kind):
     torch.manual_seed(0)
     model = build_encoder(TINY[kind], graph).eval()

@@ -35,7 +35,8 @@ def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None
     cls = HGT if net.kind == "hgt" else HeteroSAGE
     model = cls(num_nodes=dict(graph.num_nodes), message_types=[list(m) for m in graph.message_types],
                 num_edge_types=len(graph.edge_types), hidden=net.hidden, out=net.out, heads=net.heads,
-                layers=net.layers, dropout=net.dropout, align_dim=align_dim, jk=net.jk)
+                layers=net.layers, dropout=net.dropout, align_dim=align_dim, jk=net.jk,
+                id_min_degree=net.id_min_degree)
     model.set_degrees(graph.csc)
     return model
 
@@ -96,6 +97,10 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.n
                                    ctx.dir / "memory_plan.json", key, teacher=teacher, amp=cfg.amp,
                                    log=ctx.log.info)
     loader.max_nodes = plan.seed_edges
+    if model.id_min_degree:
+        shared = model.shared_rows()
+        ctx.log.info("nodes below %d training edges share their type's embedding row: %s", model.id_min_degree,
+                     ", ".join(f"{graph.type_name(t)} {n:,} of {graph.num_nodes[t]:,}" for t, n in shared.items()))
     ctx.log.info("%s: %d parameters on %s; %s; %d steps per epoch; %d validation batches",
                  type(model).__name__, count_parameters(model), device, describe_plan(graph, plan), len(loader),
                  len(val))

