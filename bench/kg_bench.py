@@ -59,14 +59,15 @@ def row(benchmark: str, metric: str, value: float, target: str | None = None, ok
 
 def synthetic_cache(scale: float = SCALE, seed: int = SEED, root: Path = CACHE_ROOT) -> Path:
     """The generator's graph at ``scale`` as a cache (built once; same cache layout as preprocess)."""
-    from pipeline.kg.cache import CacheParams, build_cache, cache_key, existing_manifest
+    from pipeline import io
+    from pipeline.kg.cache import CacheParams, build_cache, cache_key
     from pipeline.kg.generator import generate_primekg_like
 
     params = CacheParams()
     source = {"generator": "primekg-like", "scale": scale, "seed": seed}
     key = cache_key(source, params.as_dict())
     path = root / f"kg-synthetic-{key}"
-    if existing_manifest(path, key) is None:
+    if io.keyed_manifest(path, key) is None:
         build_cache(generate_primekg_like(scale, seed=seed), params, path, key, source)
     return path
 

@@ -145,14 +145,14 @@ per probe on a small shared CPU, and the per-type cost model does not depend on 
 
 def _kg_graph(scale: float, seed: int = 0):
     """The synthetic PrimeKG-shaped cache at ``scale``, built once under bench/results/cache."""
-    from pipeline.kg.cache import CacheParams, KGGraph, build_cache, cache_key, existing_manifest
+    from pipeline.kg.cache import CacheParams, KGGraph, build_cache, cache_key
     from pipeline.kg.generator import generate_primekg_like
 
     params = CacheParams()
     source = {"generator": "primekg-like", "scale": scale, "seed": seed}
     key = cache_key(source, params.as_dict())
     path = Path(__file__).resolve().parent / "results" / "cache" / f"kg-synthetic-{key}"
-    if existing_manifest(path, key) is None:
+    if io.keyed_manifest(path, key) is None:
         build_cache(generate_primekg_like(scale, seed=seed), params, path, key, source)
     return KGGraph.open(path)
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -39,6 +39,40 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+MANIFEST = "manifest.json"
+
+
+def keyed_manifest(folder: str | os.PathLike, key: str) -> dict[str, Any] | None:
+    """The manifest of a cache folder if it is complete and was built for ``key``, else None."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    manifest = read_json(path)
+    return manifest if manifest.get("key") == key else None
+
+
+def publish_keyed_dir(folder: str | os.PathLike, key: str,
+                      build: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """Build a cache folder in a temporary sibling, write its manifest last, and rename it into place.
+
+    Returns (manifest, built here). If another job (another seed of a sweep) finished the same
+    folder meanwhile, its copy is kept and returned: replacing a cache that a running job may be
+    reading would pull files from under it.
+    """
+    class _BuiltElsewhere(Exception):
+        pass
+
+    try:
+        with atomic_path(folder, is_dir=True) as tmp:
+            manifest = build(tmp)
+            write_json(tmp / MANIFEST, manifest)
+            if keyed_manifest(folder, key) is not None:
+                raise _BuiltElsewhere
+    except _BuiltElsewhere:
+        return keyed_manifest(folder, key) or {}, False
+    return manifest, True
 
 
 def _umask() -> int:

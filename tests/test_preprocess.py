@@ -185,14 +185,14 @@ def test_cache_finished_by_another_job_is_not_replaced(tmp_path, monkeypatch):
     first, _ = run_preprocess(tmp_path)
     cache = Path(first["cache_dir"])
     mtimes = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    real = stage._existing_manifest
+    real = io.keyed_manifest
     calls = []
 
     def racing(cache_dir, key):
         calls.append(key)
         return None if len(calls) == 1 else real(cache_dir, key)  # not there at the start, there at the end
 
-    monkeypatch.setattr(stage, "_existing_manifest", racing)
+    monkeypatch.setattr(io, "keyed_manifest", racing)
     second, _ = run_preprocess(tmp_path, run_id="r2")
     assert second["cache_dir"] == str(cache) and len(calls) >= 2
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes

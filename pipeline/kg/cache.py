@@ -42,7 +42,7 @@ from pipeline import io
 from pipeline.kg.reader import EdgeTable
 
 CACHE_VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = io.MANIFEST
 MIN_EDGES_FOR_HOLDOUT = 10
 """Edge types with fewer pairs keep them all for training (a held-out edge or two says nothing)."""
 SPLITS = ("train", "val", "test")
@@ -278,32 +278,11 @@ def _write_csc(out: Path, m: int, src: np.ndarray, dst: np.ndarray, num_dst: int
 
 def build_cache(table: EdgeTable, params: CacheParams, cache_dir: Path, key: str,
                 source: dict[str, Any]) -> dict[str, Any]:
-    """Write the cache to a temporary folder beside ``cache_dir`` and rename it into place.
-
-    If another job (another seed of a sweep) finished the same cache meanwhile, its copy is kept:
-    replacing a cache that a running job may be reading would pull files from under it.
-    """
-    try:
-        with io.atomic_path(cache_dir, is_dir=True) as tmp:
-            manifest = write_cache(table, params, tmp, key, source)
-            io.write_json(tmp / MANIFEST, manifest)
-            if existing_manifest(cache_dir, key) is not None:
-                raise _BuiltElsewhere
-    except _BuiltElsewhere:
-        return existing_manifest(cache_dir, key) or {}
+    """Write the cache to a temporary folder beside ``cache_dir`` and rename it into place (a copy
+    another job finished meanwhile is kept, see :func:`pipeline.io.publish_keyed_dir`)."""
+    manifest, _ = io.publish_keyed_dir(cache_dir, key, lambda tmp: write_cache(table, params, tmp, key, source))
     return manifest
 
-
-class _BuiltElsewhere(Exception):
-    """The same cache appeared while this one was being written."""
-
-
-def existing_manifest(cache_dir: Path, key: str) -> dict[str, Any] | None:
-    path = cache_dir / MANIFEST
-    if not path.exists():
-        return None
-    manifest = io.read_json(path)
-    return manifest if manifest.get("key") == key else None
 
 
 # -- reading -------------------------------------------------------------------------------------

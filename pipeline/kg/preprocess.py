@@ -11,8 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline import io
 from pipeline.config import Profile
-from pipeline.kg.cache import CacheParams, build_cache, cache_key, existing_manifest, file_sha256
+from pipeline.kg.cache import CacheParams, build_cache, cache_key, file_sha256
 from pipeline.kg.reader import read_edges
 
 
@@ -37,7 +38,7 @@ def kg_preprocess(profile: Profile, log: logging.Logger) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no such file (kg.file={kg.file!r} inside data.dataset={profile.data.dataset!r})")
     key = cache_key(source, params.as_dict())
     cache_dir = profile.cache_path / f"kg-{key}"
-    manifest = existing_manifest(cache_dir, key)
+    manifest = io.keyed_manifest(cache_dir, key)
     if manifest is not None:
         log.info("knowledge-graph cache %s is up to date (key %s); nothing to do", cache_dir, key)
         return summary(cache_dir, manifest)

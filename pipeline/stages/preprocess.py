@@ -33,7 +33,7 @@ from pipeline.data.splits import SourceFile, discover_sources, train_val_rows
 from pipeline.data.windows import (EDGE_FEATURES, FEATURE_VERSION, NODE_FEATURES, build_graphs_raw,
                                    concat_graphs, empty_graphs, fit_vocab, with_vocab)
 
-MANIFEST = "manifest.json"
+MANIFEST = io.MANIFEST
 PREFETCH = 2
 """Files tokenized ahead of the one being windowed, so the tokenizers rarely wait (bounds memory)."""
 LOADERS = 2
@@ -57,37 +57,20 @@ def preprocess(profile: Profile, log: logging.Logger) -> dict[str, Any]:
     params = preprocess_params(data)
     key = cache_key(sources, params)
     cache_dir = profile.cache_path / key
-    existing = _existing_manifest(cache_dir, key)
+    existing = io.keyed_manifest(cache_dir, key)
     if existing is not None:
         log.info("graph cache %s is up to date (key %s); nothing to do", cache_dir, key)
         return summary(cache_dir, existing)
     for src in sources:
         if src.duplicate_of:
             log.info("%s has the same content as %s: read once", src.rel, src.duplicate_of)
-    try:
-        with io.atomic_path(cache_dir, is_dir=True) as tmp:
-            manifest = build_cache(sources, data, params, key, tmp, log)
-            io.write_json(tmp / MANIFEST, manifest)
-            if _existing_manifest(cache_dir, key) is not None:
-                raise _BuiltElsewhere  # never replace a cache another job may be reading
-    except _BuiltElsewhere:
+    manifest, built = io.publish_keyed_dir(cache_dir, key, lambda tmp: build_cache(sources, data, params, key, tmp, log))
+    if not built:
         log.info("another job wrote graph cache %s meanwhile; using it", cache_dir)
-        return summary(cache_dir, _existing_manifest(cache_dir, key))
+        return summary(cache_dir, manifest)
     log.info("graph cache written to %s: %s", cache_dir,
              ", ".join(f"{name} {s['graphs']} graphs" for name, s in manifest["splits"].items()))
     return summary(cache_dir, manifest)
-
-
-class _BuiltElsewhere(Exception):
-    """A job running the same preprocess (e.g. another seed) finished first."""
-
-
-def _existing_manifest(cache_dir: Path, key: str) -> dict[str, Any] | None:
-    path = cache_dir / MANIFEST
-    if not path.exists():
-        return None
-    manifest = io.read_json(path)
-    return manifest if manifest.get("key") == key else None
 
 
 def preprocess_params(data: DataConfig) -> dict[str, Any]:
