@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,3 +153,33 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     offsets = np.cumsum(counts) - counts
     return np.arange(total, dtype=np.int64) + np.repeat(starts - offsets, counts)
+
+
+# -- what a stage reads --------------------------------------------------------------------------
+
+def open_split(cache_dir: Path, manifest: dict[str, Any], name: str) -> "GraphSplit":
+    """Open split ``name`` of the cache, naming the manifest when it is missing."""
+    entry = manifest.get("splits", {}).get(name)
+    if entry is None:
+        raise KeyError(f"{cache_dir / 'manifest.json'}: no split {name!r} (has {sorted(manifest.get('splits', {}))}); "
+                       "re-run the preprocess stage")
+    return GraphSplit.open(cache_dir / entry["file"])
+
+
+@dataclass
+class StageData:
+    """What a training stage reads: the preprocess stage's cache (manifest, train and val splits)
+    and the stage's device."""
+
+    cache_dir: Path
+    manifest: dict[str, Any]
+    train: "GraphSplit"
+    val: "GraphSplit"
+    device: torch.device
+
+    @classmethod
+    def open(cls, ctx) -> "StageData":
+        cache_dir = Path(ctx.upstream["preprocess"]["cache_dir"])
+        manifest = io.read_json(cache_dir / "manifest.json")
+        return cls(cache_dir, manifest, open_split(cache_dir, manifest, "train"), open_split(cache_dir, manifest, "val"),
+                   ctx.device)

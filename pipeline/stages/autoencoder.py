@@ -21,13 +21,12 @@ from torch import nn
 
 from pipeline import io
 from pipeline.config import VGAEConfig
-from pipeline.data.cache import GraphBatch, GraphSplit
+from pipeline.data.cache import GraphBatch, GraphSplit, StageData
 from pipeline.data.loader import GraphLoader
 from pipeline.memory import MiB, plan_graph_batches, plan_key
 from pipeline.models.gat import count_parameters
 from pipeline.models.vgae import VGAE
 from pipeline.stages.evaluate import anomaly_scores, auroc
-from pipeline.stages.teacher import open_split
 from pipeline.train import Selection, Trainer, load_model, seed_everything
 
 NORMAL_QUANTILE = 0.99
@@ -36,10 +35,8 @@ NORMAL_QUANTILE = 0.99
 
 def run(ctx) -> dict[str, Any]:
     cfg = ctx.profile.train
-    cache_dir = Path(ctx.upstream["preprocess"]["cache_dir"])
-    manifest = io.read_json(cache_dir / "manifest.json")
-    train_split, val_split = open_split(cache_dir, manifest, "train"), open_split(cache_dir, manifest, "val")
-    device = ctx.device
+    data = StageData.open(ctx)
+    manifest, train_split, val_split, device = data.manifest, data.train, data.val, data.device
 
     seed_everything(cfg.seed)
     model = build_vgae(ctx.profile.vgae, manifest, train_split)

@@ -16,7 +16,8 @@ import torch
 
 from pipeline.curriculum import CurriculumLoader, admitted_fraction, difficulty_scores
 from pipeline.memory import BatchPlan
-from pipeline.stages.student import StageData, check_ratio, device_peak, fit_gat_student, reset_device_peak
+from pipeline.data.cache import StageData
+from pipeline.stages.student import check_ratio, device_peak, fit_gat_student, reset_device_peak
 from pipeline.train import configure_threads
 
 

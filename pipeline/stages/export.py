@@ -24,9 +24,8 @@ import torch
 from torch import nn
 
 from pipeline import io
-from pipeline.data.cache import GraphBatch, GraphSplit
+from pipeline.data.cache import GraphBatch, GraphSplit, open_split
 from pipeline.inference import densest, plan_inference, run_chunked
-from pipeline.stages.teacher import open_split
 from pipeline.train import configure_threads, load_model
 
 EMBEDDINGS = "embeddings.parquet"

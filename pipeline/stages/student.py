@@ -23,8 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pipeline import io
-from pipeline.data.cache import GraphBatch, GraphSplit
+from pipeline.data.cache import GraphBatch, GraphSplit, StageData
 from pipeline.data.loader import GraphLoader
 from pipeline.distill import (GAT_TEACHER, VGAE_TEACHER, CachedTeacher, LiveTeacher, OutputCache, StandInTeacher,
                               TeacherKind, TeacherOutputLoader, compute_teacher_outputs, kd_loss, teacher_report,
@@ -33,7 +32,7 @@ from pipeline.memory import BatchPlan, MiB, plan_graph_batches, plan_key
 from pipeline.models.gat import GATWithJK, count_parameters
 from pipeline.stages.autoencoder import (build_vgae, detector_selection, finish_detector, normal_indices,
                                          validate_autoencoder)
-from pipeline.stages.teacher import class_weights, open_split, validate_classifier
+from pipeline.stages.teacher import class_weights, validate_classifier
 from pipeline.train import Selection, Trainer, configure_threads, load_model, seed_everything
 
 CLASSIFIER_SELECTION = Selection("f1", "max", tie_metric="loss", tie_mode="min")
@@ -80,24 +79,6 @@ def run(ctx) -> dict[str, Any]:
 
 
 # -- shared set-up -------------------------------------------------------------------------------
-
-@dataclass
-class StageData:
-    """The cache a distillation stage reads: manifest, train and val splits, device."""
-
-    cache_dir: Path
-    manifest: dict[str, Any]
-    train: GraphSplit
-    val: GraphSplit
-    device: torch.device
-
-    @classmethod
-    def open(cls, ctx) -> "StageData":
-        cache_dir = Path(ctx.upstream["preprocess"]["cache_dir"])
-        manifest = io.read_json(cache_dir / "manifest.json")
-        return cls(cache_dir, manifest, open_split(cache_dir, manifest, "train"), open_split(cache_dir, manifest, "val"),
-                   ctx.device)
-
 
 LoaderFactory = Callable[[BatchPlan], Any]
 """The stage's batch plan -> the train loader (a GraphLoader or a CurriculumLoader), before teacher

@@ -7,14 +7,12 @@ validation loss breaking ties once F1 saturates.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline import io
-from pipeline.data.cache import GraphBatch, GraphSplit
+from pipeline.data.cache import GraphBatch, GraphSplit, StageData
 from pipeline.data.loader import GraphLoader
 from pipeline.memory import MiB, plan_graph_batches, plan_key
 from pipeline.models.gat import GATWithJK, count_parameters
@@ -29,10 +27,8 @@ def run(ctx) -> dict[str, Any]:
         fix_mmap_threshold()
         return run_kg_teacher(ctx)
     cfg = ctx.profile.train
-    cache_dir = Path(ctx.upstream["preprocess"]["cache_dir"])
-    manifest = io.read_json(cache_dir / "manifest.json")
-    train_split, val_split = open_split(cache_dir, manifest, "train"), open_split(cache_dir, manifest, "val")
-    device = ctx.device
+    data = StageData.open(ctx)
+    manifest, train_split, val_split, device = data.manifest, data.train, data.val, data.device
 
     seed_everything(cfg.seed)
     model = build_model(ctx.profile, manifest, train_split)
@@ -75,15 +71,6 @@ def build_model(profile, manifest: dict[str, Any], split: GraphSplit) -> GATWith
     """The teacher for a cache: vocabulary and feature widths from the data, dims from the profile."""
     return GATWithJK(num_ids=len(manifest["vocab"]) + 1, node_features=split.num_node_features,
                      edge_features=split.num_edge_features, **profile.model.model_dump())
-
-
-def open_split(cache_dir: Path, manifest: dict[str, Any], name: str) -> GraphSplit:
-    """Open split ``name`` of the cache, naming the manifest when it is missing."""
-    entry = manifest.get("splits", {}).get(name)
-    if entry is None:
-        raise KeyError(f"{cache_dir / 'manifest.json'}: no split {name!r} (has {sorted(manifest.get('splits', {}))}); "
-                       "re-run the preprocess stage")
-    return GraphSplit.open(cache_dir / entry["file"])
 
 
 def class_weights(y: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
