@@ -291,6 +291,7 @@ class Trainer:
                 except MemoryError as floor:
                     raise MemoryError(f"{self.dir.name}: {floor}; lower model.hidden/heads or request more memory "
                                       f"(first error: {exc})") from exc
+                self._cap_validation_batches(budget)
                 self.model.load_state_dict(start["model"])
                 self.optimizer.load_state_dict(start["optimizer"])
                 set_rng_state(start["rng"])
@@ -298,6 +299,12 @@ class Trainer:
                 self.log.warning("%s: out of memory in epoch %d (%s); retrying with <= %d nodes per batch",
                                  self.dir.name, epoch, str(exc).splitlines()[0][:200], budget)
                 io.append_jsonl(self.metrics_path, {"epoch": epoch, "event": "oom_backoff", "max_nodes": budget})
+
+    def _cap_validation_batches(self, max_nodes: int) -> None:
+        """A validation loader under a node cap follows the training budget down after an OOM."""
+        current = getattr(self.val_loader, "max_nodes", None)
+        if current is not None and max_nodes < current:
+            self.val_loader.max_nodes = max_nodes
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -345,6 +352,7 @@ class Trainer:
         set_rng_state(self._own_rng(state))
         if state.get("loader_max_nodes") is not None and hasattr(self.train_loader, "max_nodes"):
             self.train_loader.max_nodes = state["loader_max_nodes"]   # keep a plan shrunk after OOM
+            self._cap_validation_batches(state["loader_max_nodes"])
         self.state = _Progress(
             epoch=state["epoch"], best_metric=state["best_metric"], best_epoch=state["best_epoch"],
             best_metrics=dict(state["best_metrics"]), bad_epochs=state["bad_epochs"],

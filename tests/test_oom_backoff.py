@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.data.cache import GraphSplit
-from pipeline.data.loader import GraphLoader
+from pipeline.data.loader import GraphLoader, validation_loader
 from pipeline.models.gat import GATWithJK
 from pipeline.stages.teacher import cross_entropy_loss, validate_classifier
 from pipeline.train import Trainer, seed_everything
@@ -34,7 +34,7 @@ def make_trainer(tmp_path, loss_fn, max_nodes):
     model = GATWithJK(num_ids=len(VOCAB) + 1, node_features=len(NODE_FEATURES), edge_features=len(EDGE_FEATURES),
                       **profile.model.model_dump())
     loader = GraphLoader(train, 64, shuffle=True, seed=0, max_nodes=max_nodes)
-    return Trainer(model, loss_fn, loader, GraphLoader(val, 64), validate_classifier, profile.train, tmp_path, LOG,
+    return Trainer(model, loss_fn, loader, validation_loader(val, 16, max_nodes), validate_classifier, profile.train, tmp_path, LOG,
                    resume_key="k", progress=False), loader
 
 
@@ -44,6 +44,7 @@ def test_out_of_memory_shrinks_budget_and_finishes(tmp_path):
     result = trainer.fit()
     assert result.epochs_run == 2
     assert loader.max_nodes < 2000 and loader.max_nodes <= 250   # halved until batches fit
+    assert trainer.val_loader.max_nodes == loader.max_nodes      # validation batches follow it down
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     backoffs = [e for e in events if e.get("event") == "oom_backoff"]
     assert backoffs and backoffs[-1]["max_nodes"] == loader.max_nodes

@@ -148,3 +148,14 @@ def budget_boundaries(sizes: torch.Tensor, max_nodes: int, max_graphs: int) -> l
         if pos >= n:
             return cuts
         cuts.append(pos)
+
+
+VALIDATION_GRAPHS_FACTOR = 4
+"""Validation batches take this many times the training graphs: a forward without gradients
+keeps no activations for a backward pass."""
+
+
+def validation_loader(split: GraphSplit, batch_size: int, max_nodes: int | None) -> GraphLoader:
+    """Validation batches under the training plan's node cap: without it a batch of 4x the graphs
+    could need more memory than the planned training step on a split of larger graphs."""
+    return GraphLoader(split, batch_size * VALIDATION_GRAPHS_FACTOR, max_nodes=max_nodes)

@@ -22,7 +22,7 @@ from torch import nn
 from pipeline import io
 from pipeline.config import VGAEConfig
 from pipeline.data.cache import GraphBatch, GraphSplit, StageData
-from pipeline.data.loader import GraphLoader
+from pipeline.data.loader import GraphLoader, validation_loader
 from pipeline.memory import MiB, plan_graph_batches, plan_key
 from pipeline.models.gat import count_parameters
 from pipeline.models.vgae import VGAE
@@ -51,7 +51,7 @@ def run(ctx) -> dict[str, Any]:
     trainer = Trainer(
         model, vgae_loss,
         GraphLoader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, indices=normal, max_nodes=plan.max_nodes),
-        GraphLoader(val_split, cfg.batch_size * 4),
+        validation_loader(val_split, cfg.batch_size, plan.max_nodes),
         validate_autoencoder, cfg, ctx.dir, ctx.log,
         device=device, selection=detector_selection(val_split), resume_key=ctx.fingerprint,
         memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1)},

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pipeline.data.cache import GraphBatch, GraphSplit, StageData
-from pipeline.data.loader import GraphLoader
+from pipeline.data.loader import GraphLoader, validation_loader
 from pipeline.distill import (GAT_TEACHER, VGAE_TEACHER, CachedTeacher, LiveTeacher, OutputCache, StandInTeacher,
                               TeacherKind, TeacherOutputLoader, compute_teacher_outputs, kd_loss, teacher_report,
                               vgae_kd_loss)
@@ -199,7 +199,7 @@ def fit_gat_student(ctx, data: StageData, name: str, alpha: float, teacher_path:
                  count_parameters(model), setup.mode)
     trainer = Trainer(
         model, gat_student_loss(setup.source, weights, distill.temperature, alpha), loader,
-        GraphLoader(data.val, cfg.batch_size * 4), validate_classifier, cfg, out_dir, ctx.log,
+        validation_loader(data.val, cfg.batch_size, plan.max_nodes), validate_classifier, cfg, out_dir, ctx.log,
         device=device, selection=CLASSIFIER_SELECTION, resume_key=f"{ctx.fingerprint}:{name}",
         memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1),
                      **_metric_flags(report)},
@@ -252,7 +252,7 @@ def fit_vgae_student(ctx, data: StageData) -> dict[str, Any]:
         loader = attach_teacher_outputs(ctx, data, VGAE_TEACHER, teacher_path, setup, loader, plan.predicted_bytes)
     report = teacher_report(setup.source, setup.cache) if setup.source is not None else {"teacher_mode": "none"}
     trainer = Trainer(
-        model, vgae_student_loss(setup.source, alpha), loader, GraphLoader(data.val, cfg.batch_size * 4),
+        model, vgae_student_loss(setup.source, alpha), loader, validation_loader(data.val, cfg.batch_size, plan.max_nodes),
         validate_autoencoder, cfg, out_dir, ctx.log, device=device, selection=detector_selection(data.val),
         resume_key=f"{ctx.fingerprint}:vgae",
         memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1),

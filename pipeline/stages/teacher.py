@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.data.cache import GraphBatch, GraphSplit, StageData
-from pipeline.data.loader import GraphLoader
+from pipeline.data.loader import GraphLoader, validation_loader
 from pipeline.memory import MiB, plan_graph_batches, plan_key
 from pipeline.models.gat import GATWithJK, count_parameters
 from pipeline.stages.evaluate import classification_metrics
@@ -47,7 +47,7 @@ def run(ctx) -> dict[str, Any]:
         model,
         loss_fn,
         GraphLoader(train_split, cfg.batch_size, shuffle=True, seed=cfg.seed, max_nodes=plan.max_nodes),
-        GraphLoader(val_split, cfg.batch_size * 4),
+        validation_loader(val_split, cfg.batch_size, plan.max_nodes),
         validate_classifier,
         cfg, ctx.dir, ctx.log,
         device=device,
