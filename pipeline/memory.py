@@ -68,15 +68,8 @@ def device_memory(device: torch.device, target_gb: float | None = None) -> Devic
 
 
 def cpu_memory_limit() -> DeviceMemory:
-    """The tightest of: cgroup limit, SLURM's --mem / --mem-per-cpu, physical memory."""
-    candidates: list[DeviceMemory] = []
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            raw = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit() and int(raw) < 1 << 60:
-            candidates.append(DeviceMemory(int(raw), f"cgroup {path}"))
+    """The tightest of: the process's cgroup limits, SLURM's --mem / --mem-per-cpu, physical memory."""
+    candidates: list[DeviceMemory] = cgroup_memory_limits()
     per_node = os.environ.get("SLURM_MEM_PER_NODE")
     if per_node and per_node.isdigit():
         candidates.append(DeviceMemory(int(per_node) * MiB, "SLURM_MEM_PER_NODE"))
@@ -86,6 +79,50 @@ def cpu_memory_limit() -> DeviceMemory:
     pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     candidates.append(DeviceMemory(pages * page_size, "physical memory"))
     return min(candidates, key=lambda c: c.total)
+
+
+CGROUP_UNLIMITED = 1 << 60
+"""cgroup v1 writes "no limit" as a huge page-aligned number (v2 writes "max")."""
+
+
+def cgroup_memory_limits(proc_cgroup: str | Path = "/proc/self/cgroup",
+                         root: str | Path = "/sys/fs/cgroup") -> list[DeviceMemory]:
+    """Memory limits of this process's cgroup and of every ancestor (each one applies).
+
+    The process's own cgroup, not the root's: SLURM's task/cgroup plugin sets the job's limit on
+    ``.../job_<id>`` and places the steps below it, and a container's limit sits on its own
+    group. cgroup v2 (``0::/path``) reads ``memory.max``; v1 (``N:...memory...:/path``) reads
+    ``memory/<path>/memory.limit_in_bytes``.
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return []
+    root = Path(root)
+    found: list[DeviceMemory] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, group = parts
+        if hierarchy == "0" and controllers == "":
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        folder = base / group.strip("/")
+        while True:
+            try:
+                raw = (folder / name).read_text().strip()
+            except OSError:
+                raw = ""
+            if raw.isdigit() and int(raw) < CGROUP_UNLIMITED:
+                found.append(DeviceMemory(int(raw), f"cgroup {folder / name}"))
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return found
 
 
 # -- static costs ----------------------------------------------------------------

@@ -119,6 +119,26 @@ def test_cpu_limit_respects_slurm(monkeypatch):
     assert memory.cpu_memory_limit().total == 200 * memory.MiB
 
 
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_cgroup_limit_is_read_from_the_process_group_and_its_ancestors(tmp_path, version):
+    # SLURM's layout: the job's group has the limit, the step's group below it has none
+    root = tmp_path / "cgroup"
+    if version == "v2":
+        proc, base, name, unlimited = "0::/system.slice/job_7/step_0\n", root, "memory.max", "max"
+    else:
+        proc, base, name, unlimited = ("5:cpu:/\n4:memory:/system.slice/job_7/step_0\n", root / "memory",
+                                       "memory.limit_in_bytes", "9223372036854771712")
+    step = base / "system.slice" / "job_7" / "step_0"
+    step.mkdir(parents=True)
+    (step / name).write_text(unlimited + "\n")
+    (step.parent / name).write_text(f"{3 * 1024 ** 3}\n")
+    (base / name).write_text(unlimited)
+    (tmp_path / "cgroup.txt").write_text(proc)
+    limits = memory.cgroup_memory_limits(tmp_path / "cgroup.txt", root)
+    assert [(lim.total, lim.source) for lim in limits] == [(3 * 1024 ** 3, f"cgroup {step.parent / name}")]
+    assert memory.cgroup_memory_limits(tmp_path / "missing.txt", root) == []
+
+
 def test_ranks_on_one_node_split_its_host_memory(monkeypatch):
     monkeypatch.delenv(memory.MEMORY_GB_ENV, raising=False)
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "1024")
