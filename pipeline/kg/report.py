@@ -16,7 +16,7 @@ components) makes :func:`check_collapse` raise.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -65,27 +65,45 @@ def geometry(x: np.ndarray, type_of: np.ndarray) -> dict[str, Any]:
     }
 
 
-def link_prediction(emb: dict[str, np.ndarray], rel: torch.Tensor, graph: KGGraph, negatives: int,
-                    seed: int = 0, chunk: int = 1024) -> dict[str, dict[str, Any]]:
-    """AUC and MRR per edge type on the test split (see the module docstring)."""
+def held_out_candidates(graph: KGGraph, negatives: int, seed: int = 0, chunk: int = 1024
+                        ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(edge type, heads, tails, corrupted tails [P, negatives]) over the test edges, chunk by chunk:
+    the one draw of negatives every scorer of the test split is ranked against."""
     gen = torch.Generator().manual_seed(seed)
-    out = {}
     for k, entry in enumerate(graph.edge_types):
         test = graph.edges(k, "test")
-        if test.shape[1] == 0:
-            continue
-        hs_all, hd_all = torch.from_numpy(emb[entry["src_alias"]]), torch.from_numpy(emb[entry["dst_alias"]])
-        r = rel[k].float()
-        pos, neg = [], []
         for lo in range(0, test.shape[1], chunk):
             u, v = test[0, lo:lo + chunk], test[1, lo:lo + chunk]
-            hs = hs_all[u] * r
-            pos.append((hs * hd_all[v]).sum(-1))
-            cand = torch.randint(0, hd_all.shape[0], (u.numel(), negatives), generator=gen)
-            neg.append(torch.einsum("pd,pkd->pk", hs, hd_all[cand]))
-        auc, mrr = rank_metrics(torch.cat(pos), torch.cat(neg))
-        out[graph.edge_type_name(k)] = {"test_edges": int(test.shape[1]), "auc": auc, "mrr": mrr}
+            yield k, u, v, torch.randint(0, graph.num_nodes[entry["dst_alias"]], (u.numel(), negatives), generator=gen)
+
+
+def rank_held_out(graph: KGGraph, score: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor], negatives: int,
+                  seed: int = 0) -> dict[str, dict[str, Any]]:
+    """AUC and MRR per edge type of ``score(edge type, heads [P], tails [P] or [P, K])`` on the test split."""
+    pos: dict[int, list[torch.Tensor]] = {}
+    neg: dict[int, list[torch.Tensor]] = {}
+    for k, u, v, cand in held_out_candidates(graph, negatives, seed):
+        pos.setdefault(k, []).append(score(k, u, v))
+        neg.setdefault(k, []).append(score(k, u, cand))
+    out = {}
+    for k in pos:
+        auc, mrr = rank_metrics(torch.cat(pos[k]), torch.cat(neg[k]))
+        out[graph.edge_type_name(k)] = {"test_edges": int(graph.edges(k, "test").shape[1]), "auc": auc, "mrr": mrr}
     return out
+
+
+def link_prediction(emb: dict[str, np.ndarray], rel: torch.Tensor, graph: KGGraph, negatives: int,
+                    seed: int = 0) -> dict[str, dict[str, Any]]:
+    """AUC and MRR per edge type on the test split (see the module docstring)."""
+    tables = {t: torch.from_numpy(x) for t, x in emb.items()}
+
+    def score(k: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        entry = graph.edge_types[k]
+        hs = tables[entry["src_alias"]][u] * rel[k].float()
+        hd = tables[entry["dst_alias"]][v]
+        return (hs * hd).sum(-1) if v.dim() == 1 else torch.einsum("pd,pkd->pk", hs, hd)
+
+    return rank_held_out(graph, score, negatives, seed)
 
 
 def label_f1(emb: dict[str, np.ndarray], graph: KGGraph, labels_path: Path,
