@@ -29,6 +29,7 @@ BENCHMARKS: list[str] = [
     "bench.kg_bench:kg_sampled_training",
     "bench.kg_bench:kg_export",
     "bench.kg_bench:kg_full_batch",
+    "bench.kg_quality:acm_structural_baselines",
 ]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = ("benchmark", "metric", "value", "target", "ok")

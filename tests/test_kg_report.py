@@ -8,7 +8,7 @@ import torch
 
 from pipeline.kg.loss import rank_metrics
 from pipeline.kg.report import (EmbeddingCollapsed, check_collapse, geometry, label_f1, link_prediction, markdown,
-                                mean_link_metrics, pca_plot, sample_nodes)
+                                mean_link_metrics, pca_plot, rank_held_out, sample_nodes)
 from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
 from tests.kg_helpers import small_graph
 
@@ -62,6 +62,15 @@ def test_link_prediction_and_labels_on_planted_embeddings(tmp_path):
     rel = torch.ones(len(graph.edge_types), 64)
     lp = link_prediction(emb, rel, graph, negatives=20)
     assert lp and np.mean([m["auc"] for m in lp.values()]) > 0.8  # tiny types (2 nodes) rank against themselves
+    # any scorer restricted to one edge type is ranked against that type's same negatives
+    k = max(range(len(graph.edge_types)), key=lambda k: graph.edges(k, "test").shape[1])
+    e = graph.edge_types[k]
+
+    def planted(k, u, v):
+        hs, hd = torch.from_numpy(emb[e["src_alias"]])[u], torch.from_numpy(emb[e["dst_alias"]])[v]
+        return (hs * hd).sum(-1) if v.dim() == 1 else torch.einsum("pd,pkd->pk", hs, hd)
+    only = rank_held_out(graph, planted, negatives=20, edge_types={k})
+    assert list(only) == [graph.edge_type_name(k)] and only[graph.edge_type_name(k)] == lp[graph.edge_type_name(k)]
     # labels: a node type whose label is the sign of its first coordinate
     t = graph.node_types[0]
     ids = graph.node_table(t).column("node_id").to_pylist()

@@ -78,11 +78,14 @@ def held_out_candidates(graph: KGGraph, negatives: int, seed: int = 0, chunk: in
 
 
 def rank_held_out(graph: KGGraph, score: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor], negatives: int,
-                  seed: int = 0) -> dict[str, dict[str, Any]]:
-    """AUC and MRR per edge type of ``score(edge type, heads [P], tails [P] or [P, K])`` on the test split."""
+                  seed: int = 0, edge_types: set[int] | None = None) -> dict[str, dict[str, Any]]:
+    """AUC and MRR per edge type of ``score(edge type, heads [P], tails [P] or [P, K])`` on the test split
+    (of ``edge_types`` only, if given; the negatives drawn are the same either way)."""
     pos: dict[int, list[torch.Tensor]] = {}
     neg: dict[int, list[torch.Tensor]] = {}
     for k, u, v, cand in held_out_candidates(graph, negatives, seed):
+        if edge_types is not None and k not in edge_types:
+            continue
         pos.setdefault(k, []).append(score(k, u, v))
         neg.setdefault(k, []).append(score(k, u, cand))
     out = {}

@@ -1,0 +1,108 @@
+"""What label-free structure alone reaches on ACM, under the exact protocol of the export report.
+
+The KG chain's quality targets on ACM (held-out link AUC >= 0.90, paper macro-F1 >= 0.85) are
+judged against these rows: classic link heuristics scored on the same test edges against the
+same draw of corrupted tails (``pipeline.kg.report.held_out_candidates``), and logistic
+regressions on hand-built structural features of the papers under the report's label split.
+Everything is computed from the training graph, as the embeddings are; the F1 rows are repeated
+on the full graph (held-out edges put back) to show how much the held-out edges carry.
+
+Needs ``../shared/data/hetero/acm`` (not copied into the repository); skipped when absent.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from bench.data_bench import row
+from pipeline.config import load_profile
+from pipeline.kg.cache import KGGraph
+from pipeline.kg.preprocess import kg_preprocess
+from pipeline.kg.report import label_f1, rank_held_out
+
+NAME = "acm_structural_baselines"
+NEGATIVES = 100
+
+
+def _adjacency(graph: KGGraph, k: int, splits: tuple[str, ...]) -> sp.csr_matrix:
+    entry = graph.edge_types[k]
+    ei = torch.cat([graph.edges(k, s) for s in splits], dim=1).numpy()
+    shape = (graph.num_nodes[entry["src_alias"]], graph.num_nodes[entry["dst_alias"]])
+    return sp.csr_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=shape)
+
+
+def _pairs(matrix: sp.csr_matrix, u: torch.Tensor, v: torch.Tensor) -> np.ndarray:
+    """matrix[u, v] for heads [P] and tails [P] or [P, K]."""
+    rows = np.broadcast_to(u.numpy()[:, None] if v.dim() == 2 else u.numpy(), tuple(v.shape))
+    return np.asarray(matrix[rows.reshape(-1).copy(), v.numpy().reshape(-1).copy()]).reshape(tuple(v.shape))
+
+
+def _row_normalized(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    sums = np.asarray(matrix.sum(1)).ravel()
+    return sp.diags(1.0 / np.maximum(sums, 1)) @ matrix
+
+
+def link_heuristics(graph: KGGraph, author_edge: int, subject_edge: int) -> list[dict[str, Any]]:
+    """Degree and co-authorship heuristics on the test split of ACM's two edge types."""
+    pa, ps = _adjacency(graph, author_edge, ("train",)), _adjacency(graph, subject_edge, ("train",))
+    coauthored = (pa @ pa.T).tocsr()
+    coauthored.setdiag(0)
+    coauthored.eliminate_zeros()
+    paths = (coauthored @ pa).tocsr()            # paper -> co-author's paper -> its authors
+    coauthor_subjects = (coauthored @ ps).tocsr()  # paper -> co-author's paper -> its subject
+    author_degree = np.log1p(np.asarray(pa.sum(0)).ravel())
+    subject_degree = np.asarray(ps.sum(0)).ravel()
+
+    def scorer(fn):
+        return lambda k, u, v: torch.from_numpy(np.asarray(fn(k, u, v), dtype=np.float64)).float()
+
+    candidates = {
+        "author degree": (author_edge, lambda k, u, v: author_degree[v.numpy()]),
+        "co-authorship paths (x3, log) + author degree":
+            (author_edge, lambda k, u, v: 3 * np.log1p(_pairs(paths, u, v)) + author_degree[v.numpy()]),
+        "subject popularity": (subject_edge, lambda k, u, v: subject_degree[v.numpy()]),
+        "co-authors' subjects + popularity":
+            (subject_edge, lambda k, u, v: _pairs(coauthor_subjects, u, v) + 1e-4 * subject_degree[v.numpy()]),
+    }
+    rows, best = [], {}
+    for label, (k, fn) in candidates.items():
+        metrics = rank_held_out(graph, scorer(fn), NEGATIVES, edge_types={k})[graph.edge_type_name(k)]
+        best[k] = max(best.get(k, 0.0), metrics["auc"])
+        rows.append(row(NAME, f"link AUC, {graph.edge_type_name(k)}: {label}", round(metrics["auc"], 4)))
+    rows.append(row(NAME, "link AUC, mean over edge types of the best heuristic per type",
+                    round(float(np.mean(list(best.values()))), 4)))
+    return rows
+
+
+def label_features(graph: KGGraph, author_edge: int, subject_edge: int, splits: tuple[str, ...]
+                   ) -> dict[str, np.ndarray]:
+    """Structural descriptions of each paper: its subject, and its co-authors' papers' subjects."""
+    pa, ps = _adjacency(graph, author_edge, splits), _adjacency(graph, subject_edge, splits)
+    coauthored = (pa @ pa.T).tocsr()
+    coauthored.setdiag(0)
+    subject = ps.toarray()
+    around = _row_normalized(coauthored.tocsr()) @ subject
+    return {"own subject": subject, "own subject + co-authors' papers' subjects": np.hstack([subject, around])}
+
+
+def acm_structural_baselines() -> list[dict[str, Any]]:
+    profile = load_profile("acm")
+    labels = Path(profile.dataset_path) / profile.kg.labels_file
+    if not labels.exists():
+        return [row(NAME, f"skipped: {labels} not found (the ACM graph lives in ../shared)", 0)]
+    log = logging.getLogger("bench.kg_quality")
+    graph = KGGraph.open(kg_preprocess(profile, log)["cache_dir"])
+    kinds = {graph.type_name(e["dst_alias"]): k for k, e in enumerate(graph.edge_types)}
+    author_edge, subject_edge = kinds["author"], kinds["subject"]
+    paper = graph.edge_types[author_edge]["src_alias"]
+    rows = link_heuristics(graph, author_edge, subject_edge)
+    for graph_name, splits in (("training graph", ("train",)), ("full graph", ("train", "val", "test"))):
+        for label, x in label_features(graph, author_edge, subject_edge, splits).items():
+            f1 = label_f1({paper: x}, graph, labels, profile.kg.label_test_fraction)["macro_f1"]
+            rows.append(row(NAME, f"paper macro-F1 ({graph_name}): {label}", round(f1, 4)))
+    return rows
