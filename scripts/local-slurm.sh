@@ -92,9 +92,16 @@ is_up() {
 # The command must stay in the foreground (no self-daemonizing).
 spawn() {
     local name="$1"; shift
-    local out="$LOG/$name.stdout"
+    local out="$LOG/$name.stdout" pid i
     setsid "$@" </dev/null >>"$out" 2>&1 &
-    echo "$!" >"$(pidfile_of "$name")"
+    pid=$!
+    echo "$pid" >"$(pidfile_of "$name")"
+    # setsid execs the daemon under its own pid; until it has, /proc names the pid "setsid" and
+    # is_up would report a daemon that is still starting (on a loaded machine) as exited.
+    for ((i = 0; i < 200; i++)); do
+        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == setsid ]] || break
+        sleep 0.05
+    done
 }
 
 # Wait up to $2 seconds for command "${@:3}" to succeed; $1 names what we wait for.
