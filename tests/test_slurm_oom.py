@@ -68,6 +68,12 @@ def test_memory_kill_is_reported_with_plan_and_resume_raises_the_request(slurm_c
         assert ended[first["teacher"]] == slurm_cluster.oom_state or ended[first["teacher"]] == "FAILED"
         # the resumed job planned again, for the memory it was given (not the old plan's 1.5 GB)
         replanned = _budget(run)
-        assert replanned["total"] == 2 * GiB and replanned["total_source"] == "SLURM_MEM_PER_NODE"
+        # read from the job's own cgroup under task/cgroup enforcement, else from its --mem
+        source = replanned["total_source"]
+        assert replanned["total"] == 2 * GiB
+        if slurm_cluster.mem_mode == "cgroup":
+            assert source.startswith("cgroup ") and f"job_{second['teacher']}" in source, source
+        else:
+            assert source == "SLURM_MEM_PER_NODE", source
         assert replanned["static"]["interpreter and libraries (RSS)"] > 0
         assert "memory plan reused" not in (run.path / "teacher" / "log").read_text()   # both attempts planned
