@@ -532,6 +532,9 @@ cmd_start() {
     [[ "$(id -u)" == 0 ]] || die "start needs root"
     mkdir -p "$STATE" "$RUN" "$LOG" "$ETC" "$STATE/spool/slurmctld" "$STATE/spool/slurmd"
     chmod 0755 "$STATE"
+    # The daemons inherit this directory, and slurmstepd complains into every job's stderr when
+    # it has gone (a cluster started from a checkout that was later deleted): use the state dir.
+    cd "$STATE"
     local t0=$SECONDS
     install_packages
     local mode
