@@ -438,11 +438,14 @@ class Trainer:
         checkpoint = self.state_dict()
         if self.rank != 0:
             return
+        # Logged before the epoch is committed: a scheduler signal that lands while the checkpoint is
+        # written (its handler runs as soon as the write returns) would otherwise leave a committed
+        # epoch missing from the log. Interrupted before the commit, the epoch reruns and shows twice.
+        self.log.info("epoch %d/%d train_loss %.4f val %s%s (%.1fs, peak %.0f MB)", epoch, self.cfg.epochs,
+                      train_loss, _fmt(val), " (best)" if improved else "", record["seconds"], record["peak_mem_mb"])
         io.append_jsonl(self.metrics_path, record)
         # best.pt is written before checkpoint.pt: a checkpoint never points at a best.pt not yet on disk.
         io.torch_save(checkpoint, self.checkpoint_path)
-        self.log.info("epoch %d/%d train_loss %.4f val %s%s (%.1fs, peak %.0f MB)", epoch, self.cfg.epochs,
-                      train_loss, _fmt(val), " (best)" if improved else "", record["seconds"], record["peak_mem_mb"])
         if s.stopped_early:
             self.log.info("early stop: no %s improvement for %d epochs; best epoch %d (%s=%.4f)",
                           self.selection.metric, s.bad_epochs, s.best_epoch, self.selection.metric, s.best_metric)

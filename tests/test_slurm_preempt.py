@@ -60,10 +60,12 @@ def test_interrupted_training_resumes_from_its_last_epoch(slurm_cluster, ci_cach
     assert "interrupted by the scheduler; requeueing" in text  # StageJob.checkpoint ran on USR2
     resumed = [int(k) for k in re.findall(r"resuming from \S+checkpoint\.pt after epoch (\d+)", text)]
     assert len(resumed) == 2 and all(k >= 2 for k in resumed), text
-    # Every epoch exactly once in metrics.jsonl; in the log, each resume goes on with the next epoch.
+    # Every epoch exactly once in metrics.jsonl. The log has every epoch too, and each resume goes on
+    # with the next epoch; one interrupted before its commit ran again, so it may show twice.
     assert _epochs_done(run) == list(range(1, EPOCHS + 1))
     logged = [int(k) for k in re.findall(rf"epoch (\d+)/{EPOCHS} train_loss", text)]
-    assert sorted(set(logged)) == list(range(1, EPOCHS + 1)) and len(logged) == len(set(logged)), logged
+    assert sorted(set(logged)) == list(range(1, EPOCHS + 1)), logged
+    assert len(logged) - len(set(logged)) <= len(resumed), logged
     for k in resumed:
         assert logged[logged.index(k) + 1] == k + 1
     done = json.loads((run.path / "teacher" / "done.json").read_text())
