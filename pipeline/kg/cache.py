@@ -284,7 +284,6 @@ def build_cache(table: EdgeTable, params: CacheParams, cache_dir: Path, key: str
     return manifest
 
 
-
 # -- reading -------------------------------------------------------------------------------------
 
 def _load(path: Path) -> torch.Tensor:

@@ -33,7 +33,6 @@ from pipeline.data.splits import SourceFile, discover_sources, train_val_rows
 from pipeline.data.windows import (EDGE_FEATURES, FEATURE_VERSION, NODE_FEATURES, build_graphs_raw,
                                    concat_graphs, empty_graphs, fit_vocab, with_vocab)
 
-MANIFEST = io.MANIFEST
 PREFETCH = 2
 """Files tokenized ahead of the one being windowed, so the tokenizers rarely wait (bounds memory)."""
 LOADERS = 2
