@@ -157,7 +157,7 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 # -- what a stage reads --------------------------------------------------------------------------
 
-def open_split(cache_dir: Path, manifest: dict[str, Any], name: str) -> "GraphSplit":
+def open_split(cache_dir: Path, manifest: dict[str, Any], name: str) -> GraphSplit:
     """Open split ``name`` of the cache, naming the manifest when it is missing."""
     entry = manifest.get("splits", {}).get(name)
     if entry is None:
@@ -173,8 +173,8 @@ class StageData:
 
     cache_dir: Path
     manifest: dict[str, Any]
-    train: "GraphSplit"
-    val: "GraphSplit"
+    train: GraphSplit
+    val: GraphSplit
     device: torch.device
 
     @classmethod
