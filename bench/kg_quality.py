@@ -42,6 +42,14 @@ def _pairs(matrix: sp.csr_matrix, u: torch.Tensor, v: torch.Tensor) -> np.ndarra
     return np.asarray(matrix[rows.reshape(-1).copy(), v.numpy().reshape(-1).copy()]).reshape(tuple(v.shape))
 
 
+def _coauthored(paper_author: sp.csr_matrix) -> sp.csr_matrix:
+    """Paper x paper: how many authors two distinct papers share."""
+    shared = (paper_author @ paper_author.T).tocsr()
+    shared.setdiag(0)
+    shared.eliminate_zeros()
+    return shared
+
+
 def _row_normalized(matrix: sp.csr_matrix) -> sp.csr_matrix:
     sums = np.asarray(matrix.sum(1)).ravel()
     return sp.diags(1.0 / np.maximum(sums, 1)) @ matrix
@@ -50,9 +58,7 @@ def _row_normalized(matrix: sp.csr_matrix) -> sp.csr_matrix:
 def link_heuristics(graph: KGGraph, author_edge: int, subject_edge: int) -> list[dict[str, Any]]:
     """Degree and co-authorship heuristics on the test split of ACM's two edge types."""
     pa, ps = _adjacency(graph, author_edge, ("train",)), _adjacency(graph, subject_edge, ("train",))
-    coauthored = (pa @ pa.T).tocsr()
-    coauthored.setdiag(0)
-    coauthored.eliminate_zeros()
+    coauthored = _coauthored(pa)
     paths = (coauthored @ pa).tocsr()            # paper -> co-author's paper -> its authors
     coauthor_subjects = (coauthored @ ps).tocsr()  # paper -> co-author's paper -> its subject
     author_degree = np.log1p(np.asarray(pa.sum(0)).ravel())
@@ -83,10 +89,8 @@ def label_features(graph: KGGraph, author_edge: int, subject_edge: int, splits: 
                    ) -> dict[str, np.ndarray]:
     """Structural descriptions of each paper: its subject, and its co-authors' papers' subjects."""
     pa, ps = _adjacency(graph, author_edge, splits), _adjacency(graph, subject_edge, splits)
-    coauthored = (pa @ pa.T).tocsr()
-    coauthored.setdiag(0)
     subject = ps.toarray()
-    around = _row_normalized(coauthored.tocsr()) @ subject
+    around = _row_normalized(_coauthored(pa)) @ subject
     return {"own subject": subject, "own subject + co-authors' papers' subjects": np.hstack([subject, around])}
 
 
