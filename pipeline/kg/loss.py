@@ -102,7 +102,6 @@ def distill_loss(teacher: nn.Module, alpha: float, temperature: float, contrasti
         hard, emb = base(model, batch)
         if alpha == 0:
             return hard, emb
-        teacher.eval()
         with torch.no_grad():
             t_emb = teacher(batch)
             t_pos, t_neg = pair_logits(teacher, t_emb, batch)
