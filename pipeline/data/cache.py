@@ -161,7 +161,7 @@ def open_split(cache_dir: Path, manifest: dict[str, Any], name: str) -> GraphSpl
     """Open split ``name`` of the cache, naming the manifest when it is missing."""
     entry = manifest.get("splits", {}).get(name)
     if entry is None:
-        raise KeyError(f"{cache_dir / 'manifest.json'}: no split {name!r} (has {sorted(manifest.get('splits', {}))}); "
+        raise KeyError(f"{cache_dir / io.MANIFEST}: no split {name!r} (has {sorted(manifest.get('splits', {}))}); "
                        "re-run the preprocess stage")
     return GraphSplit.open(cache_dir / entry["file"])
 
@@ -180,6 +180,6 @@ class StageData:
     @classmethod
     def open(cls, ctx) -> "StageData":
         cache_dir = Path(ctx.upstream["preprocess"]["cache_dir"])
-        manifest = io.read_json(cache_dir / "manifest.json")
+        manifest = io.read_json(cache_dir / io.MANIFEST)
         return cls(cache_dir, manifest, open_split(cache_dir, manifest, "train"), open_split(cache_dir, manifest, "val"),
                    ctx.device)
