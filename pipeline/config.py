@@ -257,6 +257,10 @@ class KGConfig(_Strict):
     """Validation edges per edge type scored after each epoch."""
     eval_negatives: int = Field(100, ge=1)
     """Corrupted tails each held-out edge is ranked against (MRR; AUC pools them)."""
+    export_edges: Literal["all", "train"] = "all"
+    """Graph the exported embeddings read. all: every edge of the file, held-out ones included (what
+    downstream use wants); train: the training graph only. The report's link prediction always
+    scores the test edges with training-graph embeddings, so it never sees the edges it ranks."""
     export_chunk_nodes: int = Field(4096, ge=1)
     """Destination nodes per chunk of layer-wise inference."""
     export_chunk_edges: int = Field(262_144, ge=1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import load_profile
-from pipeline.kg.cache import CacheParams, KGGraph, build_cache
+from pipeline.kg.cache import SPLITS, CacheParams, KGGraph, build_cache
 from pipeline.kg.preprocess import kg_preprocess
 from pipeline.kg.reader import read_edges
 from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
@@ -64,13 +64,28 @@ def test_csc_matches_train_edges_in_both_directions(tmp_path):
     for k in range(len(g.edge_types)):
         train = edge_set(g, k)
         for mt, direction in g.messages_of(k):
-            pairs = csc_pairs(g, mt)
-            if direction == "fwd":
-                assert pairs == train
-            elif direction == "rev":
-                assert pairs == {(v, u) for u, v in train}
-            else:
-                assert pairs == train | {(v, u) for u, v in train}
+            assert csc_pairs(g, mt) == messages(train, direction)
+
+
+def messages(edges: set[tuple[int, int]], direction: str) -> set[tuple[int, int]]:
+    back = {(v, u) for u, v in edges}
+    return {"fwd": edges, "rev": back, "sym": edges | back}[direction]
+
+
+def test_with_edges_puts_held_out_edges_into_the_messages(tmp_path):
+    g = small_graph(tmp_path, val_fraction=0.1, test_fraction=0.2)
+    assert g.with_edges(("train",)) is g
+    full = g.with_edges(SPLITS)
+    held_out = 0
+    for k in range(len(g.edge_types)):
+        train, every = edge_set(g, k), set().union(*(edge_set(g, k, s) for s in SPLITS))
+        held_out += len(every - train)
+        for mt, direction in g.messages_of(k):
+            assert csc_pairs(full, mt) == messages(every, direction)
+            assert csc_pairs(g, mt) == messages(train, direction)  # the opened cache keeps its own
+            ptr, col = full.csc[mt]
+            assert ptr.numel() == g.num_nodes[mt[2]] + 1 and int(ptr[-1]) == col.numel()
+    assert held_out > 0
 
 
 def test_held_out_edges_never_train_and_every_node_keeps_an_edge(tmp_path):

@@ -82,6 +82,7 @@ def test_link_prediction_and_labels_on_planted_embeddings(tmp_path):
     labels.to_csv(path, index=False)
     res = label_f1(emb, graph, path, test_fraction=0.3)
     assert res["macro_f1"] == 1.0 and res["classes"] == 2 and res["test"] == round(0.3 * len(ids) + 0.49)
+    assert res["macro_f1_over_splits"]["splits"] == 5 and res["macro_f1_over_splits"]["min"] == 1.0
     x, types = sample_nodes(emb, 100)
     report = {"nodes": 10, "dim": 64, "model": "HGT", "geometry": geometry(x, types), "negatives": 20,
               "link_prediction": lp, "link_prediction_mean": mean_link_metrics(lp), "labels": res,
@@ -90,6 +91,7 @@ def test_link_prediction_and_labels_on_planted_embeddings(tmp_path):
     text = markdown("teacher", report)
     assert "test_fraction=0.1 (at most 10000 per edge type and split), seed=3" in text
     assert "test_fraction=0.3" in text and f"macro-F1 **{res['macro_f1']:.4f}**" in text
+    assert "Over 5 stratified splits (seeds 0..4): macro-F1 1.0000 ± 0.0000" in text
     assert "Edge split" not in markdown("teacher", {**report, "edge_split": None})
     pca_plot(x, types, [graph.type_name(t) for t in emb], "test", tmp_path / "pca.png")
     assert (tmp_path / "pca.png").read_bytes()[:4] == b"\x89PNG"

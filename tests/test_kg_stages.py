@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_profile
+from pipeline.kg.cache import SPLITS, KGGraph
+from pipeline.kg.inference import layerwise_embeddings
+from pipeline.kg.report import link_prediction
 from pipeline.runner import run_stage
 from pipeline.runs import RunDir
+from pipeline.train import load_model
 from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
 
 TINY = ["train.epochs=2", "train.threads=1", "kg.max_seed_edges=128", "kg.fanouts=[4,2]",
@@ -58,6 +63,30 @@ def test_export_files_and_report(chain, role, dim):
     assert report["link_prediction"] and all({"auc", "mrr", "test_edges"} <= set(m) for m in report["link_prediction"].values())
     assert report["edge_split"]["test_fraction"] == 0.1
     assert (out / "pca.png").exists() and "Held-out link prediction" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_export_reads_every_edge_and_scores_links_on_the_training_graph(chain, role):
+    run, results = chain
+    profile = load_profile("primekg", TINY)
+    graph = KGGraph.open(results["preprocess"]["cache_dir"])
+    model = load_model(run.path / role / "best.pt")
+    chunks = (profile.kg.export_chunk_nodes, profile.kg.export_chunk_edges)
+    on_train = layerwise_embeddings(model, graph, *chunks)
+    links = link_prediction(on_train, model.rel.detach(), graph, profile.kg.eval_negatives, seed=profile.kg.split_seed)
+    report = json.loads((run.path / "export" / role / "report.json").read_text())
+    assert report["embedding_edges"] == "all"
+    assert report["link_prediction"].keys() == links.keys()
+    for edge_type, metrics in links.items():
+        assert report["link_prediction"][edge_type] == pytest.approx(metrics)
+    every = graph.with_edges(SPLITS)
+    model.set_degrees(every.csc)
+    on_every = layerwise_embeddings(model, every, *chunks)
+    table = pq.read_table(run.path / "export" / role / "embeddings.parquet").to_pandas()
+    exported = table[[c for c in table.columns if c.startswith("e") and c[1:].isdigit()]].to_numpy()
+    expected = np.concatenate([on_every[t] for t in graph.node_types])
+    assert np.allclose(exported, expected, atol=1e-5)
+    assert not np.allclose(exported, np.concatenate([on_train[t] for t in graph.node_types]), atol=1e-3)
 
 
 def test_done_stages_are_not_rerun(chain):

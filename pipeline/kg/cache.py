@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,15 +117,12 @@ def write_cache(table: EdgeTable, params: CacheParams, out: Path, key: str,
                  "src_alias": f"t{a}", "dst_alias": f"t{b}", "symmetric": bool(a == b), "files": files,
                  **{name: int((sk == s).sum()) for s, name in enumerate(SPLITS)}}
         train_u, train_v = uk[sk == 0], vk[sk == 0]
-        directions = [("fwd", a, b, train_u, train_v)]
-        if a == b:
-            directions = [("sym", a, a, np.concatenate([train_u, train_v]), np.concatenate([train_v, train_u]))]
-        else:
-            directions.append(("rev", b, a, train_v, train_u))
+        directions = [("sym", a, a)] if a == b else [("fwd", a, b), ("rev", b, a)]
         entry["messages"] = []
-        for direction, s_t, d_t, s_l, d_l in directions:
+        for direction, s_t, d_t in directions:
             m = len(message_entries)
             rel_name = entry["rel"] if direction != "rev" else f"rev_{entry['rel']}"
+            s_l, d_l = message_pairs(direction, train_u, train_v)
             message_entries.append(_write_csc(out, m, s_l, d_l, int(counts[d_t]), {
                 "src": type_names[s_t], "rel": rel_name, "dst": type_names[d_t], "src_alias": f"t{s_t}",
                 "rel_alias": f"r{m}", "dst_alias": f"t{d_t}", "edge_type": k, "direction": direction}))
@@ -266,13 +263,28 @@ def _write_nodes(table: EdgeTable, kept: np.ndarray, node_type: np.ndarray, loca
     return entries
 
 
+def message_pairs(direction: str, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(source, destination) of the messages that edges (u, v) send in ``direction`` (fwd, rev or sym)."""
+    if direction == "fwd":
+        return u, v
+    if direction == "rev":
+        return v, u
+    return np.concatenate([u, v]), np.concatenate([v, u])
+
+
+def csc_arrays(src: np.ndarray, dst: np.ndarray, num_dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ptr over destination nodes, source of each incoming edge, sorted by destination)."""
+    order = np.argsort(dst, kind="stable")
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(dst, minlength=num_dst))]).astype(np.int64)
+    return ptr, src[order].astype(np.int64)
+
+
 def _write_csc(out: Path, m: int, src: np.ndarray, dst: np.ndarray, num_dst: int,
                entry: dict[str, Any]) -> dict[str, Any]:
     """Incoming edges of every destination node, sorted by destination (what neighbour sampling reads)."""
-    order = np.argsort(dst, kind="stable")
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(dst, minlength=num_dst))]).astype(np.int64)
+    ptr, col = csc_arrays(src, dst, num_dst)
     np.save(out / f"csc/{m}.ptr.npy", ptr)
-    np.save(out / f"csc/{m}.col.npy", src[order].astype(np.int64))
+    np.save(out / f"csc/{m}.col.npy", col)
     return {**entry, "edges": int(src.shape[0]), "ptr": f"csc/{m}.ptr.npy", "col": f"csc/{m}.col.npy"}
 
 
@@ -342,6 +354,19 @@ class KGGraph:
         """Message types carrying edge type ``k`` and their direction (fwd, rev or sym)."""
         return [(message_key(self.manifest["message_types"][m]), self.manifest["message_types"][m]["direction"])
                 for m in self.edge_types[k]["messages"]]
+
+    def with_edges(self, splits: tuple[str, ...]) -> "KGGraph":
+        """The same graph with a message adjacency over the edges of ``splits`` (built in memory, as
+        the cache stores the training one only): ``("train", "val", "test")`` is every edge of the file."""
+        if tuple(splits) == ("train",):
+            return self
+        csc = {}
+        for entry in self.manifest["message_types"]:
+            edges = torch.cat([self.edges(entry["edge_type"], s) for s in splits], dim=1).numpy()
+            src, dst = message_pairs(entry["direction"], edges[0], edges[1])
+            ptr, col = csc_arrays(src, dst, self.num_nodes[entry["dst_alias"]])
+            csc[message_key(entry)] = (torch.from_numpy(ptr), torch.from_numpy(col))
+        return replace(self, csc=csc)
 
     # -- arrays ----------------------------------------------------------
     def edges(self, k: int, split: str) -> torch.Tensor:

@@ -8,21 +8,26 @@ For each model of the chain (teacher, then student), in ``export/<role>/``::
 
 Embeddings come from layer-wise inference over node chunks (``pipeline.kg.inference``), so peak
 memory is set by ``kg.export_chunk_nodes`` / ``kg.export_chunk_edges``, not by the graph's edge
-count. Files are written in row chunks through a temporary name and renamed. A collapsed
+count. Each model is run twice (``kg.export_edges: all``): on the training graph, whose embeddings
+score the held-out test edges for the report (a test edge must not carry its own message), and on
+every edge of the file, whose embeddings are the ones written out and described by the rest of the
+report (held-out edges are known facts; downstream use should see them). Files are written in row chunks through a temporary name and renamed. A collapsed
 embedding fails the stage after every report is written, so the reports can be read.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+import torch
 
 from pipeline import io
-from pipeline.kg.cache import KGGraph
+from pipeline.kg.cache import SPLITS, KGGraph
 from pipeline.kg.inference import layerwise_embeddings
 from pipeline.kg.report import (EmbeddingCollapsed, check_collapse, geometry, label_f1, link_prediction, markdown,
                                 mean_link_metrics, pca_plot, sample_nodes)
@@ -34,7 +39,9 @@ WRITE_ROWS = 16_384
 
 def run_kg_export(ctx) -> dict[str, Any]:
     configure_threads(ctx.profile.train.threads)
+    kg = ctx.profile.kg
     graph = KGGraph.open(ctx.upstream["preprocess"]["cache_dir"])
+    export_graph = graph.with_edges(SPLITS if kg.export_edges == "all" else ("train",))
     roles = [r for r in ROLES if r in ctx.upstream]
     if not roles:
         raise ValueError("export needs a trained model: add teacher (and optionally student) to stages")
@@ -43,16 +50,12 @@ def run_kg_export(ctx) -> dict[str, Any]:
         out = ctx.dir / role
         out.mkdir(parents=True, exist_ok=True)
         model = load_model(ctx.upstream[role]["best_checkpoint"], device="cpu")
-        ctx.log.info("%s: layer-wise inference over %d nodes", role, sum(graph.num_nodes.values()))
-        emb = layerwise_embeddings(model, graph, ctx.profile.kg.export_chunk_nodes, ctx.profile.kg.export_chunk_edges,
-                                   ctx.device, progress=ctx.log.info)
-        write_embeddings(graph, emb, out / "embeddings.parquet", out / "embeddings.csv")
-        report = embedding_report(ctx.profile, graph, emb, model, role, out)
+        report = export_model(ctx.profile, graph, export_graph, model, role, out, ctx.device, ctx.log.info)
         ctx.log.info("%s: %s", role, _headline(report))
         results[role] = {"dir": str(out), **_headline_numbers(report)}
         try:
-            check_collapse(role, report["geometry"], ctx.profile.kg.collapse_max_cosine,
-                           ctx.profile.kg.collapse_min_components, out / "report.md")
+            check_collapse(role, report["geometry"], kg.collapse_max_cosine, kg.collapse_min_components,
+                           out / "report.md")
         except EmbeddingCollapsed as exc:
             ctx.log.error("%s", exc)
             failures.append(str(exc))
@@ -61,24 +64,50 @@ def run_kg_export(ctx) -> dict[str, Any]:
     return {"models": results}
 
 
-def embedding_report(profile, graph: KGGraph, emb: dict[str, np.ndarray], model, role: str, out: Path) -> dict[str, Any]:
-    """Compute the report of one model's embeddings and write report.json, report.md and pca.png."""
+def export_model(profile, graph: KGGraph, export_graph: KGGraph, model, role: str, out: Path,
+                 device: torch.device | str = "cpu", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """One model's embeddings files and report in ``out``. The held-out link metrics score the test
+    edges with embeddings of the training ``graph``; the files, geometry and label F1 use embeddings
+    of ``export_graph`` (the same graph, or one with every edge)."""
+    kg = profile.kg
+    started = time.perf_counter()
+
+    def embeddings(g: KGGraph, what: str) -> dict[str, np.ndarray]:
+        if progress:
+            progress(f"{role}: layer-wise inference on {what}: {sum(g.num_nodes.values())} nodes, "
+                     f"{sum(int(col.numel()) for _, col in g.csc.values())} messages")
+        return layerwise_embeddings(model, g, kg.export_chunk_nodes, kg.export_chunk_edges, device, progress=progress)
+
+    emb = embeddings(graph, "the training graph")
+    links = link_prediction(emb, model.rel.detach().cpu(), graph, kg.eval_negatives, seed=kg.split_seed)
+    if export_graph is not graph:
+        model.set_degrees(export_graph.csc)
+        emb = embeddings(export_graph, "every edge")
+    inference_s = time.perf_counter() - started
+    write_embeddings(graph, emb, out / "embeddings.parquet", out / "embeddings.csv")
+    return embedding_report(profile, graph, emb, links, model, role, out, inference_s)
+
+
+def embedding_report(profile, graph: KGGraph, emb: dict[str, np.ndarray], links: dict[str, dict[str, Any]], model,
+                     role: str, out: Path, inference_s: float) -> dict[str, Any]:
+    """The report of one model's exported embeddings ``emb`` and its held-out link metrics ``links``
+    (scored on training-graph embeddings); writes report.json, report.md and pca.png."""
     kg = profile.kg
     x, type_of = sample_nodes(emb, kg.report_sample, seed=kg.split_seed)
     geo = geometry(x, type_of)
-    lp = link_prediction(emb, model.rel.detach().cpu(), graph, kg.eval_negatives, seed=kg.split_seed)
     labels = None
     if kg.labels_file:
         labels = label_f1(emb, graph, _resolve(profile, kg.labels_file), kg.label_test_fraction)
     legend = [graph.type_name(t) for t in emb]
     pca_plot(x, type_of, legend, f"{role} embeddings: PCA of {len(x)} sampled nodes, by node type", out / "pca.png")
     report = {"model": type(model).__name__, "role": role, "dim": int(next(iter(emb.values())).shape[1]),
-              "nodes": int(sum(a.shape[0] for a in emb.values())), "geometry": geo, "negatives": kg.eval_negatives,
-              "link_prediction": lp, "link_prediction_mean": mean_link_metrics(lp), "labels": labels,
+              "nodes": int(sum(a.shape[0] for a in emb.values())), "embedding_edges": kg.export_edges,
+              "geometry": geo, "negatives": kg.eval_negatives,
+              "link_prediction": links, "link_prediction_mean": mean_link_metrics(links), "labels": labels,
               "edge_split": {"val_fraction": kg.val_fraction, "test_fraction": kg.test_fraction,
                              "holdout_max": kg.holdout_max, "split_seed": kg.split_seed,
                              "rule": "per edge type; every node keeps one random training edge"},
-              "plot": str(out / "pca.png")}
+              "plot": str(out / "pca.png"), "inference_seconds": inference_s}
     io.write_json(out / "report.json", report)
     io.write_text(out / "report.md", markdown(role, report))
     return report
@@ -116,6 +145,7 @@ def _headline_numbers(report: dict[str, Any]) -> dict[str, Any]:
            "link_auc": report["link_prediction_mean"]["auc"], "link_mrr": report["link_prediction_mean"]["mrr"]}
     if report.get("labels"):
         out["label_macro_f1"] = report["labels"]["macro_f1"]
+        out["label_macro_f1_mean_over_splits"] = report["labels"]["macro_f1_over_splits"]["mean"]
     return out
 
 

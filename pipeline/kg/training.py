@@ -38,6 +38,7 @@ def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None
                 layers=net.layers, dropout=net.dropout, align_dim=align_dim, jk=net.jk,
                 id_min_degree=net.id_min_degree)
     model.set_degrees(graph.csc)
+    model.assign_id_rows(graph.csc)
     return model
 
 

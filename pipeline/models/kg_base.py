@@ -86,15 +86,23 @@ class KGEncoder(nn.Module):
         """Projection onto the teacher's embedding width, used only by the distillation loss."""
 
     def set_degrees(self, csc: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """From the training graph's CSC (ptr differences): the in-degree per incoming message type,
-        and which nodes read their type's shared embedding row (fewer than ``id_min_degree`` edges)."""
+        """The degree features: in-degree per incoming message type, counted on the graph whose
+        messages the model reads (the training graph in training, every edge at export)."""
+        if not self.degree_features:
+            return
+        for t in self.node_types:
+            getattr(self, f"degree_{t}").copy_(self._in_degrees(csc, t))
+
+    def assign_id_rows(self, csc: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Which nodes read their type's shared embedding row: fewer than ``id_min_degree`` edges in
+        the training graph. Fixed once, before training; export never reassigns, whatever graph it reads."""
         for t, n in self.num_nodes_of.items():
-            cols = [csc[mt][0].diff().float() for mt in self.message_types if mt[2] == t and mt in csc]
-            degree = torch.stack(cols, dim=1) if cols else torch.zeros(n, 1)
-            if self.degree_features:
-                getattr(self, f"degree_{t}").copy_(degree)
-            rare = degree.sum(1) < self.id_min_degree
+            rare = self._in_degrees(csc, t).sum(1) < self.id_min_degree
             self.id_row_of(t).copy_(torch.where(rare, n, torch.arange(n)))
+
+    def _in_degrees(self, csc: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]], t: str) -> torch.Tensor:
+        cols = [csc[mt][0].diff().float() for mt in self.message_types if mt[2] == t and mt in csc]
+        return torch.stack(cols, dim=1) if cols else torch.zeros(self.num_nodes_of[t], 1)
 
     def id_row_of(self, t: str) -> torch.Tensor:
         """Embedding row of each node of type ``t``: its own, or the shared last row."""
