@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from pipeline.config import Profile
+from pipeline.hostmem import fix_mmap_threshold
 from pipeline.runs import RunDir, stage_fingerprint
 from pipeline.stages import STAGES, chain_needs
 
@@ -92,6 +93,9 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
     ctx = StageContext(profile=profile, run=run, stage=stage, dir=stage_dir, log=log,
                        fingerprint=fingerprint, upstream=upstream)
     log.info("stage %s starting in %s (job %s)", stage, run.path, job_id or "-")
+    if profile.task == "kg":
+        # sampled steps allocate and free large tensors at a steady size; see pipeline.hostmem
+        fix_mmap_threshold()
     try:
         with _process_group(ctx, world):
             summary = STAGES[stage].entry()(ctx) or {}

@@ -110,3 +110,14 @@ def test_can_profiles_do_not_take_the_kg_path():
 
     assert Profile(name="x").task == "can"
     assert load_profile("primekg").task == "kg"
+
+
+def test_kg_stages_fix_the_hosts_mmap_threshold(tmp_path, monkeypatch):
+    from pipeline import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "fix_mmap_threshold", lambda: calls.append(True))
+    profile = load_profile("primekg", [*TINY, f"data.cache_dir={tmp_path / 'cache'}"])
+    run = RunDir.create(profile, root=tmp_path, run_id="r")
+    run_stage(run.path, "preprocess")
+    assert calls == [True]

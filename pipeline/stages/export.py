@@ -34,8 +34,6 @@ EMBEDDINGS = "embeddings.parquet"
 def run(ctx) -> dict[str, Any]:
     if ctx.profile.task == "kg":
         from pipeline.kg.export import run_kg_export
-        from pipeline.hostmem import fix_mmap_threshold
-        fix_mmap_threshold()
         return run_kg_export(ctx)
     return export_can(ctx)
 

@@ -40,9 +40,7 @@ CLASSIFIER_SELECTION = Selection("f1", "max", tie_metric="loss", tie_mode="min")
 
 def run(ctx) -> dict[str, Any]:
     if ctx.profile.task == "kg":
-        from pipeline.hostmem import fix_mmap_threshold
         from pipeline.kg.training import run_kg_student
-        fix_mmap_threshold()
         return run_kg_student(ctx)
     data = StageData.open(ctx)
     distill = ctx.profile.distill

@@ -22,9 +22,7 @@ from pipeline.train import Selection, Trainer, predict, seed_everything
 
 def run(ctx) -> dict[str, Any]:
     if ctx.profile.task == "kg":
-        from pipeline.hostmem import fix_mmap_threshold
         from pipeline.kg.training import run_kg_teacher
-        fix_mmap_threshold()
         return run_kg_teacher(ctx)
     cfg = ctx.profile.train
     data = StageData.open(ctx)
