@@ -70,20 +70,23 @@ def export_model(profile, graph: KGGraph, export_graph: KGGraph, model, role: st
     edges with embeddings of the training ``graph``; the files, geometry and label F1 use embeddings
     of ``export_graph`` (the same graph, or one with every edge)."""
     kg = profile.kg
-    started = time.perf_counter()
+    inference_s = 0.0
 
     def embeddings(g: KGGraph, what: str) -> dict[str, np.ndarray]:
+        nonlocal inference_s
         if progress:
             progress(f"{role}: layer-wise inference on {what}: {sum(g.num_nodes.values())} nodes, "
                      f"{sum(int(col.numel()) for _, col in g.csc.values())} messages")
-        return layerwise_embeddings(model, g, kg.export_chunk_nodes, kg.export_chunk_edges, device, progress=progress)
+        started = time.perf_counter()
+        emb = layerwise_embeddings(model, g, kg.export_chunk_nodes, kg.export_chunk_edges, device, progress=progress)
+        inference_s += time.perf_counter() - started
+        return emb
 
     emb = embeddings(graph, "the training graph")
     links = link_prediction(emb, model.rel.detach().cpu(), graph, kg.eval_negatives, seed=kg.split_seed)
     if export_graph is not graph:
         model.set_degrees(export_graph.csc)
         emb = embeddings(export_graph, "every edge")
-    inference_s = time.perf_counter() - started
     write_embeddings(graph, emb, out / "embeddings.parquet", out / "embeddings.csv")
     return embedding_report(profile, graph, emb, links, model, role, out, inference_s)
 
