@@ -11,8 +11,9 @@ memory is set by ``kg.export_chunk_nodes`` / ``kg.export_chunk_edges``, not by t
 count. Each model is run twice (``kg.export_edges: all``): on the training graph, whose embeddings
 score the held-out test edges for the report (a test edge must not carry its own message), and on
 every edge of the file, whose embeddings are the ones written out and described by the rest of the
-report (held-out edges are known facts; downstream use should see them). Files are written in row chunks through a temporary name and renamed. A collapsed
-embedding fails the stage after every report is written, so the reports can be read.
+report (held-out edges are known facts; downstream use should see them). Files are written in row
+chunks through a temporary name and renamed. A collapsed embedding fails the stage after every
+report is written, so the reports can be read.
 """
 from __future__ import annotations
 

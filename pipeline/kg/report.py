@@ -32,8 +32,6 @@ LABEL_SPLIT_SEED = 0
 LABEL_SPLITS = 5
 """The headline macro-F1 is the fixed split's (seed LABEL_SPLIT_SEED); the report adds its spread over
 this many stratified splits, since one test fold of a few hundred nodes moves it by several points."""
-
-
 EMBEDDING_EDGES = {"all": "every edge of the file (held-out edges included)", "train": "the training graph"}
 
 

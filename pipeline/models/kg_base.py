@@ -3,7 +3,8 @@ output head, a DistMult link scorer, and a layer-by-layer interface.
 
 The graphs have no node features, so every node starts from a learnable embedding of its id
 within its type, plus a projection of its structural features: log(1 + degree) per incoming
-message type, counted on the training graph. Attention and mean aggregation are blind to how
+message type, counted on the graph the model reads (the training graph; every edge when the
+export embeds the full graph). Attention and mean aggregation are blind to how
 many neighbours a node has; the degree restores it (alone it separates held-out ACM
 paper-author edges from random pairs with AUC 0.82). A training batch subtracts its own
 positive edges from the degrees (``degree_drop``), as it removes them from its message graph:
