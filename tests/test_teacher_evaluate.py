@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pipeline.runner import StageError, run_stage
-from pipeline.stages.evaluate import classification_metrics, markdown_table
+from pipeline.stages.evaluate import classification_metrics, inference_node_cap, markdown_table
 from tests.helpers import run_with_cache, tiny_profile, write_synthetic_cache
 
 
@@ -32,6 +32,9 @@ def test_teacher_then_evaluate(tmp_path):
     table = (run.path / "evaluate" / "metrics.md").read_text().splitlines()
     assert table[0].startswith("| model | split | graphs | attacks |") and len(table) == 2 + 3
     assert result["metrics_table"] == str(run.path / "evaluate" / "metrics.md")
+    # batches stay under the teacher's planned node cap
+    cap = teacher["batch_plan"]["max_nodes"]
+    assert f"and {cap} nodes" in (run.path / "evaluate" / "log").read_text()
 
     # done with the same inputs: a second call is a no-op that returns the same record
     assert run_stage(run.path, "teacher")["best_epoch"] == teacher["best_epoch"]
@@ -52,3 +55,10 @@ def test_metrics_on_one_class_split_are_defined():
     assert m["f1"] == 0.0 and m["accuracy"] == 0.75 and m["confusion"] == [[3, 1], [0, 0]]
     row = {"model": "teacher", "split": "s", "graphs": 4, "attacks": 0, **m}
     assert "| teacher | s | 4 | 0 | 0.7500 |" in markdown_table([row])
+
+
+def test_inference_node_cap_is_the_smallest_planned_cap():
+    upstream = {"preprocess": {"cache_dir": "x"}, "teacher": {"batch_plan": {"graphs": 8, "max_nodes": 900}},
+                "autoencoder": {"batch_plan": {"graphs": 8, "max_nodes": 600}}, "student": None}
+    assert inference_node_cap(upstream) == 600
+    assert inference_node_cap({"preprocess": {"cache_dir": "x"}}) is None

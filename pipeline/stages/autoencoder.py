@@ -57,7 +57,7 @@ def run(ctx) -> dict[str, Any]:
         memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1)},
     )
     result = trainer.fit()
-    detector = finish_detector(result.best_path, val_split, cfg.batch_size * 4, device, ctx.dir)
+    detector = finish_detector(result.best_path, trainer.val_loader, device, ctx.dir)
     ctx.log.info("autoencoder: best epoch %d, val AUROC %.4f, threshold %.5g (%s, val F1 %.4f)", result.best_epoch,
                  result.best_metrics.get("auroc", float("nan")), detector["threshold"], detector["method"],
                  detector["val_f1"])
@@ -137,11 +137,13 @@ def choose_threshold(y: torch.Tensor, scores: torch.Tensor) -> dict[str, Any]:
             "val_f1": float("nan")}
 
 
-def finish_detector(best_path: Path, val: GraphSplit, batch_size: int, device: torch.device,
-                    out_dir: Path) -> dict[str, Any]:
-    """Threshold the best model on validation; write ``threshold.json``; return the detector record."""
+def finish_detector(best_path: Path, val_loader: GraphLoader, device: torch.device, out_dir: Path) -> dict[str, Any]:
+    """Threshold the best model on validation; write ``threshold.json``; return the detector record.
+
+    ``val_loader`` is the Trainer's: its batches stay under the training plan's node cap, lowered
+    with the plan after an out-of-memory back-off."""
     model = load_model(best_path, device)
-    scores, y = anomaly_scores(model, GraphLoader(val, batch_size), device)
+    scores, y = anomaly_scores(model, val_loader, device)
     chosen = choose_threshold(y, scores)
     record = {"checkpoint": str(best_path), **chosen, "val_auroc": auroc(y, scores)}
     io.write_json(Path(out_dir) / "threshold.json", record)

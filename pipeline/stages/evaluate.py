@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline import io
 from pipeline.data.cache import GraphSplit
-from pipeline.data.loader import GraphLoader
+from pipeline.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, validation_loader
 from pipeline.inference import cpu_latency_ms_per_1k
 from pipeline.train import load_model, predict
 
@@ -39,13 +39,20 @@ def run(ctx) -> dict[str, Any]:
     manifest = io.read_json(cache_dir / "manifest.json")
     splits = {name: GraphSplit.open(cache_dir / manifest["splits"][name]["file"])
               for name in ["val", *manifest["scenarios"]]}
-    batch_size = ctx.profile.train.batch_size * 4
+    batch_size = ctx.profile.train.batch_size * VALIDATION_GRAPHS_FACTOR
+    node_cap = inference_node_cap(ctx.upstream)
+    ctx.log.info("evaluate: batches of up to %d graphs and %s nodes", batch_size,
+                 node_cap if node_cap is not None else "any number of")
+
+    def loader(split: GraphSplit) -> GraphLoader:
+        return validation_loader(split, ctx.profile.train.batch_size, node_cap)
+
     rows = []
     for name, checkpoint in models_to_score(ctx.upstream).items():
         model = load_model(checkpoint, ctx.device)
         cost = model_cost(checkpoint, splits["val"], batch_size, _classify)
         for split_name, split in splits.items():
-            row = {"model": name, "split": split_name, **evaluate_model(model, split, batch_size=batch_size), **cost}
+            row = {"model": name, "split": split_name, **evaluate_model(model, loader(split)), **cost}
             ctx.log.info("%s on %s: %d graphs, %d attacks, f1 %.4f, balanced accuracy %.4f", name, split_name,
                          row["graphs"], row["attacks"], row["f1"], row["balanced_accuracy"])
             rows.append(row)
@@ -55,7 +62,7 @@ def run(ctx) -> dict[str, Any]:
         cost = model_cost(detector["checkpoint"], splits["val"], batch_size, _score)
         for split_name, split in splits.items():
             row = {"model": name, "split": split_name, "threshold": detector["threshold"],
-                   **evaluate_detector(model, split, detector["threshold"], batch_size=batch_size), **cost}
+                   **evaluate_detector(model, loader(split), detector["threshold"]), **cost}
             ctx.log.info("%s on %s: AUROC %.4f, f1 %.4f at threshold %.4g", name, split_name, row["auroc"],
                          row["f1"], detector["threshold"])
             detector_rows.append(row)
@@ -93,15 +100,24 @@ def detectors_to_score(upstream: dict[str, dict[str, Any]]) -> dict[str, dict[st
     return detectors
 
 
-def evaluate_model(model: nn.Module, split: GraphSplit, batch_size: int = 256) -> dict[str, Any]:
-    """Scores of ``model`` on every graph of ``split``, plus its size and attack count."""
-    logits, y = predict(model, GraphLoader(split, batch_size))
+def inference_node_cap(upstream: dict[str, dict[str, Any]]) -> int | None:
+    """The smallest node cap an upstream training stage planned for its batches. A forward pass
+    without gradients needs less memory than the training step that cap was sized for, so batches
+    under it fit wherever those stages trained; None when no stage recorded a plan."""
+    caps = [int(record["batch_plan"]["max_nodes"]) for record in upstream.values()
+            if isinstance((record or {}).get("batch_plan"), dict) and record["batch_plan"].get("max_nodes")]
+    return min(caps) if caps else None
+
+
+def evaluate_model(model: nn.Module, loader: Iterable) -> dict[str, Any]:
+    """Scores of ``model`` on every graph of ``loader``'s split, plus its size and attack count."""
+    logits, y = predict(model, loader)
     return {"graphs": int(y.numel()), "attacks": int(y.sum()), **classification_metrics(y, logits.argmax(-1))}
 
 
-def evaluate_detector(model: nn.Module, split: GraphSplit, threshold: float, batch_size: int = 256) -> dict[str, Any]:
-    """AUROC of the reconstruction error on ``split``, and the classification scores at ``threshold``."""
-    scores, y = anomaly_scores(model, GraphLoader(split, batch_size))
+def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> dict[str, Any]:
+    """AUROC of the reconstruction error on ``loader``'s split, and the classification scores at ``threshold``."""
+    scores, y = anomaly_scores(model, loader)
     return {"graphs": int(y.numel()), "attacks": int(y.sum()), "auroc": auroc(y, scores),
             **classification_metrics(y, (scores >= threshold).long())}
 

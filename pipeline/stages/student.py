@@ -257,7 +257,7 @@ def fit_vgae_student(ctx, data: StageData) -> dict[str, Any]:
                      **_metric_flags(report)},
     )
     result = trainer.fit()
-    detector = finish_detector(result.best_path, data.val, cfg.batch_size * 4, device, out_dir)
+    detector = finish_detector(result.best_path, trainer.val_loader, device, out_dir)
     return {
         "best_checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "best_val": result.best_metrics,
         "epochs_run": result.epochs_run, "params": count_parameters(model), "teacher_params": teacher_params,
