@@ -41,11 +41,11 @@ WRITE_ROWS = 16_384
 def run_kg_export(ctx) -> dict[str, Any]:
     configure_threads(ctx.profile.train.threads)
     kg = ctx.profile.kg
-    graph = KGGraph.open(ctx.upstream["preprocess"]["cache_dir"])
-    export_graph = graph.with_edges(SPLITS if kg.export_edges == "all" else ("train",))
     roles = [r for r in ROLES if r in ctx.upstream]
     if not roles:
         raise ValueError("export needs a trained model: add teacher (and optionally student) to stages")
+    graph = KGGraph.open(ctx.upstream["preprocess"]["cache_dir"])
+    export_graph = graph.with_edges(SPLITS if kg.export_edges == "all" else ("train",))
     results, failures = {}, []
     for role in roles:
         out = ctx.dir / role

@@ -104,8 +104,8 @@ def inference_node_cap(upstream: dict[str, dict[str, Any]]) -> int | None:
     """The smallest node cap an upstream training stage planned for its batches. A forward pass
     without gradients needs less memory than the training step that cap was sized for, so batches
     under it fit wherever those stages trained; None when no stage recorded a plan."""
-    caps = [int(record["batch_plan"]["max_nodes"]) for record in upstream.values()
-            if isinstance((record or {}).get("batch_plan"), dict) and record["batch_plan"].get("max_nodes")]
+    plans = [(record or {}).get("batch_plan") for record in upstream.values()]
+    caps = [int(plan["max_nodes"]) for plan in plans if isinstance(plan, dict) and plan.get("max_nodes")]
     return min(caps) if caps else None
 
 
