@@ -269,6 +269,10 @@ class KGConfig(_Strict):
     """CSV node_type,node_id,label inside data.dataset: adds a logistic-regression macro-F1 to the report."""
     label_test_fraction: float = Field(0.2, gt=0, lt=1)
     """Test share of the fixed stratified split of labelled nodes."""
+    label_weight: float = Field(0.0, ge=0)
+    """Weight of a node-classification term (a linear head on the embedding, cross-entropy) on the
+    training fold of the fixed label split, added to the link loss (0: label-free embeddings). The
+    test fold is never read in training; the report then judges the fixed split only."""
     report_sample: int = Field(2000, ge=10)
     """Nodes sampled for the similarity and PCA statistics of the report."""
     collapse_max_cosine: float = Field(0.9, gt=0, le=1)
@@ -282,6 +286,8 @@ class KGConfig(_Strict):
             raise ValueError("val_fraction + test_fraction must be below 1 (no training edges would remain)")
         if not self.fanouts or min(self.fanouts) < 1:
             raise ValueError(f"fanouts must be a non-empty list of positive neighbour counts, got {self.fanouts}")
+        if self.label_weight > 0 and not self.labels_file:
+            raise ValueError(f"label_weight={self.label_weight} needs kg.labels_file (the labels to train on)")
         return self
 
 
@@ -383,6 +389,11 @@ class Profile(_Strict):
     def kg_path(self) -> Path:
         """The knowledge-graph edge file: kg.file inside data.dataset (or absolute)."""
         return _resolve(self.kg.file, self.dataset_path)
+
+    @property
+    def labels_path(self) -> Path | None:
+        """The node-labels file: kg.labels_file inside data.dataset (or absolute); None without one."""
+        return _resolve(self.kg.labels_file, self.dataset_path) if self.kg.labels_file else None
 
     def resources_for(self, stage: str) -> Resources:
         base = self.resources.get("default", Resources())

@@ -101,7 +101,7 @@ def embedding_report(profile, graph: KGGraph, emb: dict[str, np.ndarray], links:
     geo = geometry(x, type_of)
     labels = None
     if kg.labels_file:
-        labels = label_f1(emb, graph, _resolve(profile, kg.labels_file), kg.label_test_fraction)
+        labels = label_f1(emb, graph, profile.labels_path, kg.label_test_fraction, kg.label_weight > 0)
     legend = [graph.type_name(t) for t in emb]
     pca_plot(x, type_of, legend, f"{role} embeddings: PCA of {len(x)} sampled nodes, by node type", out / "pca.png")
     report = {"model": type(model).__name__, "role": role, "dim": int(next(iter(emb.values())).shape[1]),
@@ -139,17 +139,14 @@ def write_embeddings(graph: KGGraph, emb: dict[str, np.ndarray], parquet_path: P
                     csv_out.write_table(batch)
 
 
-def _resolve(profile, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else profile.dataset_path / p
-
-
 def _headline_numbers(report: dict[str, Any]) -> dict[str, Any]:
     out = {"mean_cosine": report["geometry"]["mean_cosine"], "pca_components_90": report["geometry"]["pca_components_90"],
            "link_auc": report["link_prediction_mean"]["auc"], "link_mrr": report["link_prediction_mean"]["mrr"]}
     if report.get("labels"):
         out["label_macro_f1"] = report["labels"]["macro_f1"]
-        out["label_macro_f1_mean_over_splits"] = report["labels"]["macro_f1_over_splits"]["mean"]
+        spread = report["labels"]["macro_f1_over_splits"]
+        if spread:
+            out["label_macro_f1_mean_over_splits"] = spread["mean"]
     return out
 
 

@@ -8,6 +8,8 @@
   probabilities to the student's at temperature T, scaled by T^2, as in the CAN students; and
   1 - cosine between the student's aligned embedding and the teacher's), sharing
   ``distill.temperature`` / ``alpha``. The frozen teacher runs on the student's batch.
+* Label term (optional, ``kg.label_weight``): cross-entropy of a linear classifier on the
+  embeddings of the batch's labelled seed nodes, training fold of the fixed label split only.
 """
 from __future__ import annotations
 
@@ -114,6 +116,27 @@ def distill_loss(teacher: nn.Module, alpha: float, temperature: float, contrasti
             kd = kd + (1 - torch.cat(cos)).mean()
         return (1 - alpha) * hard + alpha * kd, emb
     return loss_fn
+
+
+def with_label_term(loss_fn: LossFn, targets: dict[str, torch.Tensor], weight: float) -> LossFn:
+    """``loss_fn`` plus ``weight`` x cross-entropy of the model's classifier on the batch's seed
+    nodes that have a training label. ``targets[t]``: class index per node of type ``t`` (-1: no
+    label, or a label of the held-out fold), on the training device."""
+    def loss_fn_with_labels(model: nn.Module, batch: KGBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, emb = loss_fn(model, batch)
+        logits, classes = [], []
+        for t, target in targets.items():
+            if t not in emb:
+                continue
+            # the embedding rows are the batch's first nodes of each type (its seeds when trimmed)
+            y = target[batch.n_id[t][:emb[t].shape[0]]]
+            known = y >= 0
+            logits.append(model.classifier(emb[t][known]))
+            classes.append(y[known])
+        if classes and sum(c.numel() for c in classes):
+            loss = loss + weight * F.cross_entropy(torch.cat(logits).float(), torch.cat(classes))
+        return loss, emb
+    return loss_fn_with_labels
 
 
 # -- validation ------------------------------------------------------------------------------------

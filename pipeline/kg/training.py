@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.config import KGNetConfig
 from pipeline.kg.cache import KGGraph
-from pipeline.kg.loss import distill_loss, link_loss, validate_links
+from pipeline.kg.loss import distill_loss, link_loss, validate_links, with_label_term
 from pipeline.kg.plan import describe_plan, kg_plan_key, plan_kg_batches, plan_summary
+from pipeline.kg.report import label_split, read_labels
 from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader
 from pipeline.memory import MiB
 from pipeline.models.hgt import HGT
@@ -30,16 +32,36 @@ SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min")
 VAL_BATCH_EDGES = 256
 
 
-def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None) -> KGEncoder:
+def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None, num_classes: int = 0) -> KGEncoder:
     """The encoder a profile asks for, sized to the graph (node counts and message types)."""
     cls = HGT if net.kind == "hgt" else HeteroSAGE
     model = cls(num_nodes=dict(graph.num_nodes), message_types=[list(m) for m in graph.message_types],
                 num_edge_types=len(graph.edge_types), hidden=net.hidden, out=net.out, heads=net.heads,
                 layers=net.layers, dropout=net.dropout, align_dim=align_dim, jk=net.jk,
-                id_min_degree=net.id_min_degree)
+                id_min_degree=net.id_min_degree, num_classes=num_classes)
     model.set_degrees(graph.csc)
     model.assign_id_rows(graph.csc)
     return model
+
+
+def training_labels(profile, graph: KGGraph) -> tuple[dict[str, torch.Tensor], int]:
+    """The label term's targets: class index per node of each labelled type, -1 outside the
+    training fold of the report's fixed label split (``label_split``), and the number of classes.
+    ({}, 0) for label-free training (``kg.label_weight`` 0)."""
+    if profile.kg.label_weight == 0:
+        return {}, 0
+    nodes, y = read_labels(graph, profile.labels_path)
+    classes, index = np.unique(y, return_inverse=True)
+    in_train = np.zeros(len(y), dtype=bool)
+    in_train[label_split(y, profile.kg.label_test_fraction)[0]] = True
+    targets, start = {}, 0
+    for t, idx in nodes.items():
+        rows = slice(start, start + len(idx))
+        target = torch.full((graph.num_nodes[t],), -1, dtype=torch.long)
+        target[torch.from_numpy(idx[in_train[rows]])] = torch.from_numpy(index[rows][in_train[rows]])
+        targets[t] = target
+        start += len(idx)
+    return targets, len(classes)
 
 
 def open_graph(ctx) -> KGGraph:
@@ -54,10 +76,11 @@ def run_kg_teacher(ctx) -> dict[str, Any]:
     configure_threads(ctx.profile.train.threads)
     graph = open_graph(ctx)
     seed_everything(ctx.profile.train.seed)
-    model = build_encoder(ctx.profile.kg_model.teacher, graph)
+    targets, classes = training_labels(ctx.profile, graph)
+    model = build_encoder(ctx.profile.kg_model.teacher, graph, num_classes=classes)
     kg = ctx.profile.kg
     loss_fn = link_loss(kg.contrastive_weight, kg.contrastive_temperature)
-    return {**fit_encoder(ctx, graph, model, loss_fn), "role": "teacher"}
+    return {**fit_encoder(ctx, graph, model, loss_fn, label_targets=targets), "role": "teacher"}
 
 
 def run_kg_student(ctx) -> dict[str, Any]:
@@ -68,11 +91,12 @@ def run_kg_student(ctx) -> dict[str, Any]:
     # process's resident baseline that the memory plan measures
     teacher = load_model(ctx.upstream["teacher"]["best_checkpoint"], device="cpu").to(device).eval()
     seed_everything(ctx.profile.train.seed)
-    model = build_encoder(ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim)
+    targets, classes = training_labels(ctx.profile, graph)
+    model = build_encoder(ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim, num_classes=classes)
     kg, distill = ctx.profile.kg, ctx.profile.distill
     loss_fn = distill_loss(teacher, distill.alpha, distill.temperature, kg.contrastive_weight,
                            kg.contrastive_temperature)
-    summary = fit_encoder(ctx, graph, model, loss_fn, teacher=teacher)
+    summary = fit_encoder(ctx, graph, model, loss_fn, teacher=teacher, label_targets=targets)
     ratio = count_parameters(model) / max(count_parameters(teacher), 1)
     ctx.log.info("student: %d parameters, %.3f of the teacher's %d", count_parameters(model), ratio,
                  count_parameters(teacher))
@@ -80,9 +104,10 @@ def run_kg_student(ctx) -> dict[str, Any]:
             "param_ratio": round(ratio, 4), "distill": {"alpha": distill.alpha, "temperature": distill.temperature}}
 
 
-def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.nn.Module | None = None
-                ) -> dict[str, Any]:
-    """Plan the batches, then run the Trainer on sampled link batches; returns the stage summary."""
+def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.nn.Module | None = None,
+                label_targets: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Plan the batches, then run the Trainer on sampled link batches (plus the label term when
+    ``label_targets`` are given; see ``training_labels``); returns the stage summary."""
     kg, cfg, device = ctx.profile.kg, ctx.profile.train, ctx.device
     fanouts = kg.fanouts[:model.num_layers]
     loader = LinkBatchLoader(graph, kg.max_seed_edges, fanouts, kg.neg_ratio, cfg.seed, kg.steps_per_epoch,
@@ -93,6 +118,11 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.n
         raise ValueError(f"{graph.path}: no validation edges (graph too small for kg.val_fraction="
                          f"{kg.val_fraction}); raise kg.val_fraction or use a larger graph")
     model.to(device)
+    if label_targets:
+        ctx.log.info("label term (weight %g) on the training fold of %s: %s", kg.label_weight,
+                     ctx.profile.labels_path,
+                     ", ".join(f"{graph.type_name(t)} {int((y >= 0).sum()):,}" for t, y in label_targets.items()))
+        loss_fn = with_label_term(loss_fn, {t: y.to(device) for t, y in label_targets.items()}, kg.label_weight)
     key = kg_plan_key(model, graph, loader, device, ctx.profile.safety_factor, kg.max_seed_edges)
     budget, plan = plan_kg_batches(model, loader, loss_fn, device, ctx.profile.safety_factor, kg.max_seed_edges,
                                    ctx.dir / "memory_plan.json", key, teacher=teacher, amp=cfg.amp,

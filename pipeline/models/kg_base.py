@@ -47,12 +47,13 @@ class KGEncoder(nn.Module):
     def __init__(self, num_nodes: dict[str, int], message_types: list[list[str]], num_edge_types: int,
                  hidden: int = 256, out: int = 512, layers: int = 2, dropout: float = 0.1,
                  align_dim: int | None = None, degree_features: bool = True, jk: str = "last",
-                 id_min_degree: int = 0, **extra: Any):
+                 id_min_degree: int = 0, num_classes: int = 0, **extra: Any):
         super().__init__()
         self.model_kwargs: dict[str, Any] = dict(
             num_nodes=dict(num_nodes), message_types=[list(m) for m in message_types],
             num_edge_types=num_edge_types, hidden=hidden, out=out, layers=layers, dropout=dropout,
-            align_dim=align_dim, degree_features=degree_features, jk=jk, id_min_degree=id_min_degree, **extra)
+            align_dim=align_dim, degree_features=degree_features, jk=jk, id_min_degree=id_min_degree,
+            num_classes=num_classes, **extra)
         self.node_types = list(num_nodes)
         self.num_nodes_of = dict(num_nodes)
         self.message_types = [tuple(m) for m in message_types]
@@ -85,6 +86,9 @@ class KGEncoder(nn.Module):
         offset of every embedding of a type, and the embeddings collapse onto that direction."""
         self.align = nn.Linear(out, align_dim) if align_dim else None
         """Projection onto the teacher's embedding width, used only by the distillation loss."""
+        self.classifier = nn.Linear(out, num_classes) if num_classes else None
+        """Linear node classifier on the embedding, used only by the label term (``kg.label_weight``):
+        linear, so what it learns is what a logistic regression on the exported embedding can read."""
 
     def set_degrees(self, csc: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]]) -> None:
         """The degree features: in-degree per incoming message type, counted on the graph whose
