@@ -14,7 +14,6 @@ Needs ``../shared/data/hetero/acm`` (not copied into the repository); skipped wh
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -90,12 +89,16 @@ def link_heuristics(graph: KGGraph, author_edge: int, subject_edge: int) -> list
 def label_features(graph: KGGraph, author_edge: int, subject_edge: int, splits: tuple[str, ...], papers: np.ndarray,
                    y: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Structural descriptions of the labelled ``papers`` (local indices, labels ``y``), as functions
-    of a label split's training positions. The last one reads the training labels of co-authored
-    papers (label propagation): not label-free, so not something an embedding can carry."""
+    of a label split's training positions. The third names every author of the paper and of its
+    co-authored papers (a column each): the most a label-free embedding with its own row for every
+    author could carry. The last one reads the training labels of co-authored papers (label
+    propagation): not label-free."""
     pa, ps = _adjacency(graph, author_edge, splits), _adjacency(graph, subject_edge, splits)
     coauthored = _row_normalized(_coauthored(pa))
     subject = ps.toarray()
     around = coauthored @ subject
+    authors = pa.toarray()
+    coauthors = np.asarray((coauthored @ pa).todense())
     classes = np.unique(y)
 
     def coauthor_labels(train: np.ndarray) -> np.ndarray:
@@ -105,12 +108,14 @@ def label_features(graph: KGGraph, author_edge: int, subject_edge: int, splits: 
 
     return {"own subject": lambda train: subject[papers],
             "own subject + co-authors' papers' subjects": lambda train: np.hstack([subject, around])[papers],
+            "own subject + own authors + co-authored papers' authors (one column per node)":
+                lambda train: np.hstack([subject, authors, coauthors])[papers],
             "own subject + co-authored papers' training labels (uses labels)": coauthor_labels}
 
 
 def acm_structural_baselines() -> list[dict[str, Any]]:
     profile = load_profile("acm")
-    labels = Path(profile.dataset_path) / profile.kg.labels_file
+    labels = profile.labels_path
     if not labels.exists():
         return [row(NAME, f"skipped: {labels} not found (the ACM graph lives in ../shared)", 0)]
     log = logging.getLogger("bench.kg_quality")
