@@ -96,9 +96,9 @@ def label_features(graph: KGGraph, author_edge: int, subject_edge: int, splits: 
     pa, ps = _adjacency(graph, author_edge, splits), _adjacency(graph, subject_edge, splits)
     coauthored = _row_normalized(_coauthored(pa))
     subject = ps.toarray()
-    around = coauthored @ subject
-    authors = pa.toarray()
-    coauthors = np.asarray((coauthored @ pa).todense())
+    # built once: the classifier calls each description once per label split
+    with_around = np.hstack([subject, coauthored @ subject])[papers]
+    with_authors = np.hstack([subject, pa.toarray(), (coauthored @ pa).toarray()])[papers]
     classes = np.unique(y)
 
     def coauthor_labels(train: np.ndarray) -> np.ndarray:
@@ -107,9 +107,9 @@ def label_features(graph: KGGraph, author_edge: int, subject_edge: int, splits: 
         return np.hstack([subject, coauthored @ known])[papers]
 
     return {"own subject": lambda train: subject[papers],
-            "own subject + co-authors' papers' subjects": lambda train: np.hstack([subject, around])[papers],
+            "own subject + co-authors' papers' subjects": lambda train: with_around,
             "own subject + own authors + co-authored papers' authors (one column per node)":
-                lambda train: np.hstack([subject, authors, coauthors])[papers],
+                lambda train: with_authors,
             "own subject + co-authored papers' training labels (uses labels)": coauthor_labels}
 
 

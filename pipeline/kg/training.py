@@ -56,9 +56,9 @@ def training_labels(profile, graph: KGGraph) -> tuple[dict[str, torch.Tensor], i
     in_train[label_split(y, profile.kg.label_test_fraction)[0]] = True
     targets, start = {}, 0
     for t, idx in nodes.items():
-        rows = slice(start, start + len(idx))
+        keep = in_train[start:start + len(idx)]
         target = torch.full((graph.num_nodes[t],), -1, dtype=torch.long)
-        target[torch.from_numpy(idx[in_train[rows]])] = torch.from_numpy(index[rows][in_train[rows]])
+        target[torch.from_numpy(idx[keep])] = torch.from_numpy(index[start:start + len(idx)][keep])
         targets[t] = target
         start += len(idx)
     return targets, len(classes)
