@@ -273,6 +273,11 @@ class KGConfig(_Strict):
     """Weight of a node-classification term (a linear head on the embedding, cross-entropy) on the
     training fold of the fixed label split, added to the link loss (0: label-free embeddings). The
     test fold is never read in training; the report then judges the fixed split only."""
+    label_input: bool = False
+    """Feed the training fold's labels to the encoder as an input of the labelled nodes (a learned
+    vector per class), never a node's own label: training hides the labels of a batch's seed nodes,
+    export embeds each node in a pass that hides the labels of its group (``pipeline.kg.inference``).
+    Test-fold labels are never read; the report then judges the fixed split only."""
     report_sample: int = Field(2000, ge=10)
     """Nodes sampled for the similarity and PCA statistics of the report."""
     collapse_max_cosine: float = Field(0.9, gt=0, le=1)
@@ -288,7 +293,14 @@ class KGConfig(_Strict):
             raise ValueError(f"fanouts must be a non-empty list of positive neighbour counts, got {self.fanouts}")
         if self.label_weight > 0 and not self.labels_file:
             raise ValueError(f"label_weight={self.label_weight} needs kg.labels_file (the labels to train on)")
+        if self.label_input and not self.labels_file:
+            raise ValueError("label_input=true needs kg.labels_file (the labels to read)")
         return self
+
+    @property
+    def reads_labels(self) -> bool:
+        """Whether training reads the labels file's training fold (as a loss term or as an input)."""
+        return self.label_weight > 0 or self.label_input
 
 
 class DryRunConfig(_Strict):

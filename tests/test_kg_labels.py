@@ -1,5 +1,6 @@
-"""The label term (``kg.label_weight``): node labels of the fixed split's training fold join the
-link loss; the test fold the report judges is never read in training."""
+"""Training with labels: the label term (``kg.label_weight``) adds node labels of the fixed split's
+training fold to the link loss, and label inputs (``kg.label_input``) feed them to the encoder,
+never a node's own label. The test fold the report judges is never read in training."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ from pipeline.kg.cache import KGGraph
 from pipeline.kg.loss import link_loss, with_label_term
 from pipeline.kg.report import label_split, read_labels
 from pipeline.kg.sampler import LinkBatchLoader
-from pipeline.kg.training import build_encoder, training_labels
+from pipeline.kg.inference import embed_nodes, layerwise_embeddings
+from pipeline.kg.training import build_encoder, build_for_profile, training_labels
 from pipeline.runner import run_stage
 from pipeline.runs import RunDir
 from pipeline.train import load_model
@@ -38,7 +40,7 @@ def labelled_chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("kglabels")
     labels = drug_labels(root / "labels.csv")
     profile = load_profile("primekg", [*TINY, f"data.cache_dir={root / 'cache'}", f"kg.labels_file={labels}",
-                                       "kg.label_weight=1.0"])
+                                       "kg.label_weight=1.0", "kg.label_input=true"])
     run = RunDir.create(profile, root=root, run_id="r")
     results = {stage: run_stage(run.path, stage) for stage in profile.stages}
     return profile, run, results
@@ -93,7 +95,68 @@ def test_trained_models_carry_a_classifier_and_the_report_judges_the_fixed_split
         assert "trained with the labels of this split's training fold" in text and "Over 5" not in text
 
 
-def test_label_weight_needs_a_labels_file():
+def test_label_weight_and_label_input_need_a_labels_file():
     with pytest.raises(ProfileError, match="label_weight.*labels_file"):
         load_profile("primekg", ["kg.label_weight=1.0"])
-    assert load_profile("primekg").kg.label_weight == 0
+    with pytest.raises(ProfileError, match="label_input.*labels_file"):
+        load_profile("primekg", ["kg.label_input=true"])
+    kg = load_profile("primekg").kg
+    assert kg.label_weight == 0 and not kg.label_input and not kg.reads_labels
+
+
+def label_input_model(profile, graph):
+    torch.manual_seed(0)
+    model, _ = build_for_profile(profile, profile.kg_model.teacher, graph)
+    return model.eval()
+
+
+def test_checkpoints_read_the_training_folds_labels_only(labelled_chain):
+    profile, run, results = labelled_chain
+    graph = KGGraph.open(results["preprocess"]["cache_dir"])
+    targets, classes = training_labels(profile, graph)
+    (drug, target), = targets.items()
+    for role in ("teacher", "student"):
+        model = load_model(run.path / role / "best.pt")
+        assert model.label_input_types == [drug]
+        assert torch.equal(model.label_in(drug), torch.where(target >= 0, target, classes))
+
+
+def test_a_training_batch_hides_its_seeds_labels_and_reads_the_others(labelled_chain):
+    profile, _, results = labelled_chain
+    graph = KGGraph.open(results["preprocess"]["cache_dir"])
+    model = label_input_model(profile, graph)
+    (drug,) = model.label_input_types
+    loader = LinkBatchLoader(graph, 64, [4, 2], sampler="torch")
+    loader.set_epoch(1)
+    batch = next(iter(loader))
+    seeds = batch.n_id[drug][:batch.num_seeds[drug]]
+    others = batch.n_id[drug][batch.num_seeds[drug]:]
+    others = others[model.label_in(drug)[others] < model.num_classes]
+    assert seeds.numel() and others.numel()  # the batch reaches labelled non-seed drugs
+    with torch.no_grad():
+        before = model(batch)
+        model.label_in(drug)[seeds] = (model.label_in(drug)[seeds] + 1) % model.num_classes
+        after_own = model(batch)
+        model.label_in(drug)[others] = (model.label_in(drug)[others] + 1) % model.num_classes
+        after_others = model(batch)
+    for t in before:
+        assert torch.equal(before[t], after_own[t])
+    assert any(not torch.allclose(before[t], after_others[t]) for t in before)
+
+
+def test_export_never_reads_a_nodes_own_label(labelled_chain):
+    profile, _, results = labelled_chain
+    graph = KGGraph.open(results["preprocess"]["cache_dir"])
+    model = label_input_model(profile, graph)
+    (drug,) = model.label_input_types
+    labelled = torch.nonzero(model.label_in(drug) < model.num_classes).squeeze(1)
+    node = int(labelled[0])
+    before = embed_nodes(model, graph, chunk_nodes=16, chunk_edges=64)
+    model.label_in(drug)[node] = (model.label_in(drug)[node] + 1) % model.num_classes
+    after = embed_nodes(model, graph, chunk_nodes=16, chunk_edges=64)
+    assert np.array_equal(before[drug][node], after[drug][node])
+    changed = {t: np.flatnonzero(np.abs(before[t] - after[t]).max(1) > 0) for t in before}
+    assert sum(len(c) for c in changed.values()) > 0  # its neighbours read it
+    # without a hidden-row mask a label-input model refuses to run (no silent self-reading)
+    with pytest.raises(ValueError, match="hidden"):
+        layerwise_embeddings(model, graph)

@@ -29,7 +29,7 @@ import torch
 
 from pipeline import io
 from pipeline.kg.cache import SPLITS, KGGraph
-from pipeline.kg.inference import layerwise_embeddings
+from pipeline.kg.inference import embed_nodes
 from pipeline.kg.report import (EmbeddingCollapsed, check_collapse, geometry, label_f1, link_prediction, markdown,
                                 mean_link_metrics, pca_plot, sample_nodes)
 from pipeline.train import configure_threads, load_model
@@ -79,7 +79,7 @@ def export_model(profile, graph: KGGraph, export_graph: KGGraph, model, role: st
             progress(f"{role}: layer-wise inference on {what}: {sum(g.num_nodes.values())} nodes, "
                      f"{sum(int(col.numel()) for _, col in g.csc.values())} messages")
         started = time.perf_counter()
-        emb = layerwise_embeddings(model, g, kg.export_chunk_nodes, kg.export_chunk_edges, device, progress=progress)
+        emb = embed_nodes(model, g, kg.export_chunk_nodes, kg.export_chunk_edges, device, progress, kg.split_seed)
         inference_s += time.perf_counter() - started
         return emb
 
@@ -101,7 +101,7 @@ def embedding_report(profile, graph: KGGraph, emb: dict[str, np.ndarray], links:
     geo = geometry(x, type_of)
     labels = None
     if kg.labels_file:
-        labels = label_f1(emb, graph, profile.labels_path, kg.label_test_fraction, kg.label_weight > 0)
+        labels = label_f1(emb, graph, profile.labels_path, kg.label_test_fraction, kg.reads_labels)
     legend = [graph.type_name(t) for t in emb]
     pca_plot(x, type_of, legend, f"{role} embeddings: PCA of {len(x)} sampled nodes, by node type", out / "pca.png")
     report = {"model": type(model).__name__, "role": role, "dim": int(next(iter(emb.values())).shape[1]),

@@ -10,6 +10,12 @@ model's own ``layer`` runs on that small bipartite graph. Tables of one layer li
 (``N x hidden`` per layer, two at a time, or all of them for a jumping-knowledge head); only
 chunks visit the device. This is PyG's
 ``BasicGNN.inference`` recipe, for heterogeneous graphs.
+
+A model that reads training labels as input (``kg.label_input``) must not read a node's own:
+:func:`embed_nodes` splits the nodes into ``LABEL_GROUPS`` random groups and runs one full
+inference per group with that group's labels hidden, keeping each node's row from its group's
+pass. Every node then reads about (G-1)/G of its neighbours' labels, training-fold and test-fold
+nodes alike, so a classifier fitted on one fold meets the same kind of embedding on the other.
 """
 from __future__ import annotations
 
@@ -34,15 +40,48 @@ def chunk_bounds(in_degree: torch.Tensor, chunk_nodes: int, chunk_edges: int) ->
     return bounds
 
 
+LABEL_GROUPS = 5
+"""Inference passes of a label-input model: each hides the input labels of one random fifth of the nodes."""
+
+
+def embed_nodes(model: torch.nn.Module, graph: KGGraph, chunk_nodes: int = 4096, chunk_edges: int = 262_144,
+                device: torch.device | str = "cpu", progress: Callable[[str], None] | None = None,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Every node's embedding on ``graph``, none of them reading its own input label (see the module
+    docstring): one layer-wise pass, or ``LABEL_GROUPS`` for a label-input model."""
+    types = getattr(model, "label_input_types", [])
+    if not types:
+        return layerwise_embeddings(model, graph, chunk_nodes, chunk_edges, device, progress)
+    gen = torch.Generator().manual_seed(seed)
+    group = {t: torch.randint(0, LABEL_GROUPS, (n,), generator=gen) for t, n in graph.num_nodes.items()}
+    out: dict[str, np.ndarray] = {}
+    for k in range(LABEL_GROUPS):
+        if progress:
+            progress(f"pass {k + 1}/{LABEL_GROUPS}: input labels of group {k + 1} hidden")
+        emb = layerwise_embeddings(model, graph, chunk_nodes, chunk_edges, device, progress,
+                                   hide_labels={t: group[t] == k for t in types})
+        for t, x in emb.items():
+            rows = (group[t] == k).numpy()
+            out.setdefault(t, np.empty_like(x))[rows] = x[rows]
+    return out
+
+
 @torch.no_grad()
 def layerwise_embeddings(model: torch.nn.Module, graph: KGGraph, chunk_nodes: int = 4096,
                          chunk_edges: int = 262_144, device: torch.device | str = "cpu",
-                         progress: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
-    """float32[N_t, out] per node type (alias) for every node of the graph's training adjacency."""
+                         progress: Callable[[str], None] | None = None,
+                         hide_labels: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+    """float32[N_t, out] per node type (alias) for every node of the graph's training adjacency.
+    ``hide_labels[t]``: bool per node of a label-input type, whose input label is hidden."""
     device = torch.device(device)
     model = model.to(device).eval()
-    x = {t: torch.cat([model.inputs({t: torch.arange(lo, min(lo + chunk_nodes, n), device=device)})[t].float().cpu()
-                       for lo in range(0, n, chunk_nodes)])
+
+    def inputs(t: str, lo: int, hi: int) -> torch.Tensor:
+        ids = torch.arange(lo, hi, device=device)
+        hide = {t: hide_labels[t][lo:hi].to(device)} if hide_labels and t in hide_labels else None
+        return model.inputs({t: ids}, hide_labels=hide)[t].float().cpu()
+
+    x = {t: torch.cat([inputs(t, lo, min(lo + chunk_nodes, n)) for lo in range(0, n, chunk_nodes)])
          for t, n in graph.num_nodes.items()}
     keep_all = getattr(model, "jk", "last") == "cat"
     xs = [x]

@@ -9,7 +9,7 @@
 * With a labels file (node_type, node_id, label): macro-F1 of a logistic regression on the
   standardized embeddings of the labelled nodes, under a fixed stratified split, and its mean and
   spread over ``LABEL_SPLITS`` stratified splits (the fixed split only, for a model trained on
-  that split's training fold with ``kg.label_weight``).
+  that split's training fold with ``kg.label_weight`` or ``kg.label_input``).
 * A 2-D PCA scatter plot of the sample, coloured by node type (or by label).
 
 A collapsed embedding (mean cosine above ``max_cosine`` or fewer than ``min_components``
@@ -246,7 +246,7 @@ def markdown(name: str, report: dict[str, Any]) -> str:
                   f"macro-F1 **{lab['macro_f1']:.4f}**, accuracy {lab['accuracy']:.4f}"]
         if lab.get("trained_on_labels"):
             lines += ["", "The model was trained with the labels of this split's training fold "
-                          "(kg.label_weight > 0); its test fold was never read."]
+                          "(kg.label_weight > 0 or kg.label_input); its test fold was never read."]
         spread = lab.get("macro_f1_over_splits")
         if spread:
             lines += ["", f"Over {spread['splits']} stratified splits (seeds {spread['seeds']}): macro-F1 "

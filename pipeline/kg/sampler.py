@@ -58,11 +58,13 @@ class KGBatch:
     """Message type -> int64[2, e] batch-local (src, dst); only non-empty types, in metadata order."""
     targets: list[LinkTargets] = field(default_factory=list)
     degree_drop: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Node type -> float[n, incoming message types]: the batch's positive edges counted in each
+    node's training degree (removed from its message graph, so taken out of the degree too)."""
     hops: dict[str, list[int]] | None = None
     """Node type -> nodes within 0, 1, ... hops of a seed (n_id is ordered by hop): lets a model skip
     what cannot reach a seed's output (PyG's trim_to_layer). None: unknown, nothing is trimmed."""
-    """Node type -> float[n, incoming message types]: the batch's positive edges counted in each
-    node's training degree (removed from its message graph, so taken out of the degree too)."""
+    num_seeds: dict[str, int] = field(default_factory=dict)
+    """Node type -> how many leading rows of n_id are seeds (endpoints of the batch's pairs)."""
 
     @property
     def num_graphs(self) -> int:
@@ -87,7 +89,8 @@ class KGBatch:
         return KGBatch({t: v.to(device, non_blocking=non_blocking) for t, v in self.n_id.items()},
                        {k: v.to(device, non_blocking=non_blocking) for k, v in self.edge_index.items()},
                        [t.to(device, non_blocking) for t in self.targets],
-                       {t: v.to(device, non_blocking=non_blocking) for t, v in self.degree_drop.items()}, self.hops)
+                       {t: v.to(device, non_blocking=non_blocking) for t, v in self.degree_drop.items()}, self.hops,
+                       self.num_seeds)
 
 
 # -- neighbour sampling backends ---------------------------------------------------------------------
@@ -247,7 +250,8 @@ def assemble(graph: KGGraph, sampler, pairs: list[tuple[int, torch.Tensor, torch
                                    torch.stack([local(a, neg[0]), local(b, neg[1])]),
                                    local(b, cand) if cand is not None else None))
     ordered = {mt: edges[mt] for mt in graph.message_types if mt in edges and edges[mt].shape[1]}
-    return KGBatch(nodes, ordered, targets, _degree_drop(graph, nodes, targets), hops)
+    return KGBatch(nodes, ordered, targets, _degree_drop(graph, nodes, targets), hops,
+                   {t: int(v.numel()) for t, v in seeds.items()})
 
 
 def _degree_drop(graph: KGGraph, nodes: dict[str, torch.Tensor], targets: list[LinkTargets]) -> dict[str, torch.Tensor]:

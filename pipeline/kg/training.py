@@ -32,23 +32,40 @@ SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min")
 VAL_BATCH_EDGES = 256
 
 
-def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None, num_classes: int = 0) -> KGEncoder:
-    """The encoder a profile asks for, sized to the graph (node counts and message types)."""
+def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None, num_classes: int = 0,
+                  label_head: bool = True, input_labels: dict[str, torch.Tensor] | None = None) -> KGEncoder:
+    """The encoder a profile asks for, sized to the graph (node counts and message types); with a
+    classifier head over ``num_classes`` (``label_head``), and reading ``input_labels`` (see
+    ``training_labels``) as an input when given."""
     cls = HGT if net.kind == "hgt" else HeteroSAGE
     model = cls(num_nodes=dict(graph.num_nodes), message_types=[list(m) for m in graph.message_types],
                 num_edge_types=len(graph.edge_types), hidden=net.hidden, out=net.out, heads=net.heads,
                 layers=net.layers, dropout=net.dropout, align_dim=align_dim, jk=net.jk,
-                id_min_degree=net.id_min_degree, num_classes=num_classes)
+                id_min_degree=net.id_min_degree, num_classes=num_classes, label_head=label_head,
+                label_input_types=list(input_labels or {}))
     model.set_degrees(graph.csc)
     model.assign_id_rows(graph.csc)
+    if input_labels:
+        model.set_input_labels(input_labels)
     return model
+
+
+def build_for_profile(profile, net: KGNetConfig, graph: KGGraph, align_dim: int | None = None
+                      ) -> tuple[KGEncoder, dict[str, torch.Tensor]]:
+    """The teacher's or student's encoder with the profile's use of labels (a classifier head for
+    ``kg.label_weight``, label inputs for ``kg.label_input``), and the label term's targets."""
+    targets, classes = training_labels(profile, graph)
+    kg = profile.kg
+    model = build_encoder(net, graph, align_dim, classes, label_head=kg.label_weight > 0,
+                          input_labels=targets if kg.label_input else None)
+    return model, targets if kg.label_weight > 0 else {}
 
 
 def training_labels(profile, graph: KGGraph) -> tuple[dict[str, torch.Tensor], int]:
     """The label term's targets: class index per node of each labelled type, -1 outside the
     training fold of the report's fixed label split (``label_split``), and the number of classes.
-    ({}, 0) for label-free training (``kg.label_weight`` 0)."""
-    if profile.kg.label_weight == 0:
+    ({}, 0) for label-free training (no ``kg.label_weight`` or ``kg.label_input``)."""
+    if not profile.kg.reads_labels:
         return {}, 0
     nodes, y = read_labels(graph, profile.labels_path)
     classes, index = np.unique(y, return_inverse=True)
@@ -76,8 +93,7 @@ def run_kg_teacher(ctx) -> dict[str, Any]:
     configure_threads(ctx.profile.train.threads)
     graph = open_graph(ctx)
     seed_everything(ctx.profile.train.seed)
-    targets, classes = training_labels(ctx.profile, graph)
-    model = build_encoder(ctx.profile.kg_model.teacher, graph, num_classes=classes)
+    model, targets = build_for_profile(ctx.profile, ctx.profile.kg_model.teacher, graph)
     kg = ctx.profile.kg
     loss_fn = link_loss(kg.contrastive_weight, kg.contrastive_temperature)
     return {**fit_encoder(ctx, graph, model, loss_fn, label_targets=targets), "role": "teacher"}
@@ -91,8 +107,7 @@ def run_kg_student(ctx) -> dict[str, Any]:
     # process's resident baseline that the memory plan measures
     teacher = load_model(ctx.upstream["teacher"]["best_checkpoint"], device="cpu").to(device).eval()
     seed_everything(ctx.profile.train.seed)
-    targets, classes = training_labels(ctx.profile, graph)
-    model = build_encoder(ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim, num_classes=classes)
+    model, targets = build_for_profile(ctx.profile, ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim)
     kg, distill = ctx.profile.kg, ctx.profile.distill
     loss_fn = distill_loss(teacher, distill.alpha, distill.temperature, kg.contrastive_weight,
                            kg.contrastive_temperature)
@@ -118,6 +133,9 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.n
         raise ValueError(f"{graph.path}: no validation edges (graph too small for kg.val_fraction="
                          f"{kg.val_fraction}); raise kg.val_fraction or use a larger graph")
     model.to(device)
+    if model.label_input_types:
+        ctx.log.info("label input: training-fold labels of %s; each batch hides its seed nodes' own",
+                     ", ".join(graph.type_name(t) for t in model.label_input_types))
     if label_targets:
         ctx.log.info("label term (weight %g) on the training fold of %s: %s", kg.label_weight,
                      ctx.profile.labels_path,
