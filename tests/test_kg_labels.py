@@ -15,7 +15,7 @@ from pipeline.config import ProfileError, load_profile
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.loss import link_loss, with_label_term
 from pipeline.kg.report import label_split, read_labels
-from pipeline.kg.sampler import LinkBatchLoader
+from pipeline.kg.sampler import KGBatch, LinkBatchLoader
 from pipeline.kg.inference import embed_nodes, layerwise_embeddings
 from pipeline.kg.training import build_encoder, build_for_profile, training_labels
 from pipeline.runner import run_stage
@@ -142,6 +142,8 @@ def test_a_training_batch_hides_its_seeds_labels_and_reads_the_others(labelled_c
     for t in before:
         assert torch.equal(before[t], after_own[t])
     assert any(not torch.allclose(before[t], after_others[t]) for t in before)
+    with pytest.raises(ValueError, match="hidden"):  # no seed counts: nothing says whose label to hide
+        model(KGBatch(batch.n_id, batch.edge_index, batch.targets))
 
 
 def test_export_never_reads_a_nodes_own_label(labelled_chain):

@@ -64,7 +64,8 @@ class KGBatch:
     """Node type -> nodes within 0, 1, ... hops of a seed (n_id is ordered by hop): lets a model skip
     what cannot reach a seed's output (PyG's trim_to_layer). None: unknown, nothing is trimmed."""
     num_seeds: dict[str, int] = field(default_factory=dict)
-    """Node type -> how many leading rows of n_id are seeds (endpoints of the batch's pairs)."""
+    """Node type -> how many leading rows of n_id are seeds (endpoints of the batch's pairs); every
+    node type of the graph is listed. Empty for a batch that is not a link batch."""
 
     @property
     def num_graphs(self) -> int:
@@ -251,7 +252,7 @@ def assemble(graph: KGGraph, sampler, pairs: list[tuple[int, torch.Tensor, torch
                                    local(b, cand) if cand is not None else None))
     ordered = {mt: edges[mt] for mt in graph.message_types if mt in edges and edges[mt].shape[1]}
     return KGBatch(nodes, ordered, targets, _degree_drop(graph, nodes, targets), hops,
-                   {t: int(v.numel()) for t, v in seeds.items()})
+                   {t: int(seeds[t].numel()) if t in seeds else 0 for t in graph.node_types})
 
 
 def _degree_drop(graph: KGGraph, nodes: dict[str, torch.Tensor], targets: list[LinkTargets]) -> dict[str, torch.Tensor]:

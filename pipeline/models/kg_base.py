@@ -194,10 +194,11 @@ class KGEncoder(nn.Module):
         (within ``layers - 1 - i`` hops) and the edges into them, PyG's ``trim_to_layer``: the
         last layer and the head run on the seeds alone instead of the whole sampled subgraph.
         """
-        # the seeds are what the batch predicts (link endpoints, label-term nodes): no own label
+        # the seeds are what the batch predicts (link endpoints, label-term nodes): no own label;
+        # a batch without seed counts leaves label-input types unmasked, and inputs() refuses it
         seeds = getattr(batch, "num_seeds", {})
-        hide = {t: torch.arange(batch.n_id[t].numel(), device=batch.n_id[t].device) < seeds.get(t, 0)
-                for t in self.label_input_types if t in batch.n_id}
+        hide = {t: torch.arange(batch.n_id[t].numel(), device=batch.n_id[t].device) < seeds[t]
+                for t in self.label_input_types if t in batch.n_id and t in seeds}
         x = self.inputs(batch.n_id, getattr(batch, "degree_drop", None), hide)
         hops = getattr(batch, "hops", None)
         edges = {k: v for k, v in batch.edge_index.items() if k[0] in x and k[2] in x}
