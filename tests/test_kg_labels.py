@@ -17,7 +17,7 @@ from pipeline.kg.loss import link_loss, with_label_term
 from pipeline.kg.report import label_split, read_labels
 from pipeline.kg.sampler import KGBatch, LinkBatchLoader
 from pipeline.kg.inference import embed_nodes, layerwise_embeddings
-from pipeline.kg.training import build_encoder, build_for_profile, training_labels
+from pipeline.kg.training import build_encoder, encoder_for_profile, training_labels
 from pipeline.runner import run_stage
 from pipeline.runs import RunDir
 from pipeline.train import load_model
@@ -106,7 +106,7 @@ def test_label_weight_and_label_input_need_a_labels_file():
 
 def label_input_model(profile, graph):
     torch.manual_seed(0)
-    model, _ = build_for_profile(profile, profile.kg_model.teacher, graph)
+    model, _ = encoder_for_profile(profile, profile.kg_model.teacher, graph)
     return model.eval()
 
 

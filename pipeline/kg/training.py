@@ -50,7 +50,7 @@ def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None
     return model
 
 
-def build_for_profile(profile, net: KGNetConfig, graph: KGGraph, align_dim: int | None = None
+def encoder_for_profile(profile, net: KGNetConfig, graph: KGGraph, align_dim: int | None = None
                       ) -> tuple[KGEncoder, dict[str, torch.Tensor]]:
     """The teacher's or student's encoder with the profile's use of labels (a classifier head for
     ``kg.label_weight``, label inputs for ``kg.label_input``), and the label term's targets."""
@@ -93,7 +93,7 @@ def run_kg_teacher(ctx) -> dict[str, Any]:
     configure_threads(ctx.profile.train.threads)
     graph = open_graph(ctx)
     seed_everything(ctx.profile.train.seed)
-    model, targets = build_for_profile(ctx.profile, ctx.profile.kg_model.teacher, graph)
+    model, targets = encoder_for_profile(ctx.profile, ctx.profile.kg_model.teacher, graph)
     kg = ctx.profile.kg
     loss_fn = link_loss(kg.contrastive_weight, kg.contrastive_temperature)
     return {**fit_encoder(ctx, graph, model, loss_fn, label_targets=targets), "role": "teacher"}
@@ -107,7 +107,7 @@ def run_kg_student(ctx) -> dict[str, Any]:
     # process's resident baseline that the memory plan measures
     teacher = load_model(ctx.upstream["teacher"]["best_checkpoint"], device="cpu").to(device).eval()
     seed_everything(ctx.profile.train.seed)
-    model, targets = build_for_profile(ctx.profile, ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim)
+    model, targets = encoder_for_profile(ctx.profile, ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim)
     kg, distill = ctx.profile.kg, ctx.profile.distill
     loss_fn = distill_loss(teacher, distill.alpha, distill.temperature, kg.contrastive_weight,
                            kg.contrastive_temperature)
