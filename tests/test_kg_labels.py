@@ -162,3 +162,29 @@ def test_export_never_reads_a_nodes_own_label(labelled_chain):
     # without a hidden-row mask a label-input model refuses to run (no silent self-reading)
     with pytest.raises(ValueError, match="hidden"):
         layerwise_embeddings(model, graph)
+
+
+BAD_LABELS = {
+    "missing file": (None, "no such file"),
+    "empty file": ("", "empty file"),
+    "missing column": ("node_type,node_id\ndrug,x\n", "missing column.*label"),
+    "blank label": ("node_type,node_id,label\ndrug,{a},c0\ndrug,{b},\n", "line 3: empty"),
+    "no match": ("node_type,node_id,label\ndrug,nope,c0\n", "no labelled node matches"),
+    "one class": ("node_type,node_id,label\ndrug,{a},c0\ndrug,{b},c0\n", "two classes"),
+    "unsplittable": ("node_type,node_id,label\ndrug,{a},c0\ndrug,{b},c1\n", "no stratified split"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LABELS))
+def test_preprocess_rejects_an_unusable_labels_file_naming_it(tmp_path, case):
+    text, message = BAD_LABELS[case]
+    drugs = pd.read_csv(drug_labels(tmp_path / "ok.csv"), dtype=str)["node_id"]
+    path = tmp_path / "labels.csv"
+    if text is not None:
+        path.write_text(text.format(a=drugs.iloc[0], b=drugs.iloc[1]))
+    profile = load_profile("primekg", [*TINY, f"data.cache_dir={tmp_path / 'cache'}", f"kg.labels_file={path}",
+                                       "kg.label_input=true"])
+    run = RunDir.create(profile, root=tmp_path, run_id="r")
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
+        run_stage(run.path, "preprocess")
+    assert str(path) in str(err.value)

@@ -13,12 +13,18 @@ from typing import Any
 
 from pipeline import io
 from pipeline.config import Profile
-from pipeline.kg.cache import CacheParams, build_cache, cache_key, file_sha256
+from pipeline.kg.cache import CacheParams, KGGraph, build_cache, cache_key, file_sha256
 from pipeline.kg.reader import read_edges
+from pipeline.kg.report import check_labels
 
 
 def run_kg_preprocess(ctx) -> dict[str, Any]:
-    return kg_preprocess(ctx.profile, ctx.log)
+    result = kg_preprocess(ctx.profile, ctx.log)
+    if ctx.profile.labels_path:
+        labelled = check_labels(KGGraph.open(result["cache_dir"]), ctx.profile.labels_path,
+                                ctx.profile.kg.label_test_fraction)
+        ctx.log.info("%s: labelled nodes %s", ctx.profile.labels_path, labelled)
+    return result
 
 
 def cache_params(profile: Profile) -> CacheParams:

@@ -130,11 +130,19 @@ def label_f1(emb: dict[str, np.ndarray], graph: KGGraph, labels_path: Path,
 
 def read_labels(graph: KGGraph, labels_path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(local indices of the labelled nodes per node type, their labels in that order)."""
-    labels = pd.read_csv(labels_path, dtype=str)
+    if not Path(labels_path).is_file():
+        raise FileNotFoundError(f"{labels_path}: no such file (kg.labels_file)")
+    try:
+        labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{labels_path}: empty file; expected a header node_type,node_id,label") from None
     missing = [c for c in ("node_type", "node_id", "label") if c not in labels.columns]
     if missing:
         raise ValueError(f"{labels_path}: line 1 (header): missing column(s) {missing}; "
                          "expected node_type,node_id,label")
+    blank = (labels[["node_type", "node_id", "label"]].apply(lambda c: c.str.strip()) == "").any(axis=1).to_numpy()
+    if blank.any():
+        raise ValueError(f"{labels_path}: line {int(np.flatnonzero(blank)[0]) + 2}: empty node_type, node_id or label")
     nodes, ys = {}, []
     for t in graph.node_types:
         rows = labels[labels["node_type"] == graph.type_name(t)]
@@ -149,6 +157,21 @@ def read_labels(graph: KGGraph, labels_path: Path) -> tuple[dict[str, np.ndarray
     if not nodes:
         raise ValueError(f"{labels_path}: no labelled node matches a node of the graph (by node_type and node_id)")
     return nodes, np.concatenate(ys)
+
+
+def check_labels(graph: KGGraph, labels_path: Path, test_fraction: float) -> dict[str, int]:
+    """Fail at preprocess, not hours later, on a labels file that training or the report cannot use
+    (see ``read_labels``; also a single class, or too few nodes of a class to split stratified).
+    Returns the labelled nodes per node type name."""
+    nodes, y = read_labels(graph, labels_path)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError(f"{labels_path}: every matched node has label {classes[0]!r}; a classifier needs two classes")
+    try:
+        label_split(y, test_fraction)
+    except ValueError as exc:
+        raise ValueError(f"{labels_path}: no stratified split with kg.label_test_fraction={test_fraction}: {exc}") from None
+    return {graph.type_name(t): int(len(idx)) for t, idx in nodes.items()}
 
 
 def label_split(y: np.ndarray, test_fraction: float, seed: int = LABEL_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
