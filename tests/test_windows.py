@@ -160,6 +160,29 @@ def test_chunked_build_equals_single_pass(monkeypatch):
         assert torch.equal(whole[key], chunked[key]), key
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_long_log_is_bit_identical_whatever_the_chunking(monkeypatch, chunk):
+    # Long enough that a BLAS row sum or a float running sum over a chunk would round some
+    # features differently from the single pass (both did before they were replaced).
+    log = random_log(np.random.default_rng(5), 60_000, 40)
+    whole = build_graphs_raw(log, 10, 4)
+    monkeypatch.setattr("pipeline.data.windows.CHUNK_WINDOWS", chunk)
+    chunked = build_graphs_raw(log, 10, 4)
+    for key in whole:
+        assert torch.equal(whole[key], chunked[key]), key
+
+
+def test_a_window_built_alone_equals_the_same_window_in_a_long_build():
+    log = random_log(np.random.default_rng(6), 60_000, 40)
+    whole = build_graphs_raw(log, 20, 20)
+    for i in (0, 1234, 2999):
+        alone = build_graphs_raw(log, 20, 20, slice(20 * i, 20 * i + 20))
+        n0, n1 = int(whole["node_ptr"][i]), int(whole["node_ptr"][i + 1])
+        e0, e1 = int(whole["edge_ptr"][i]), int(whole["edge_ptr"][i + 1])
+        assert torch.equal(whole["x"][n0:n1], alone["x"])
+        assert torch.equal(whole["edge_attr"][e0:e1], alone["edge_attr"])
+
+
 def test_output_is_a_valid_cache_split(tmp_path):
     log = random_log(np.random.default_rng(2), 800, 20)
     vocab = fit_vocab([log.can_id])

@@ -34,6 +34,11 @@ Edge features (``edge_attr``, float32, names in ``EDGE_FEATURES``):
     ===============  ==========================================================================
 
 Time gaps are clamped at 0 before ``log1p`` so logs with out-of-order timestamps stay finite.
+
+The cache is the same bits whatever the chunking and whatever the CPU: every feature comes from
+integer sums (payload bytes, message counts, time gaps in nanoseconds) and elementwise IEEE
+operations, never from a BLAS call or a float running sum, whose rounding depends on where a value
+falls in the call.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ import torch
 
 from pipeline.data.readers import CanLog
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 """Bump when a feature's definition changes: it is part of the cache key."""
 NODE_FEATURES = ("count", *(f"byte_mean_{k}" for k in range(8)), "byte_std", "dlc_mean", "log_gap_ms",
                  "first_pos", "last_pos")
@@ -207,7 +212,7 @@ def _node_features(log: CanLog, lo: int, hi: int, grow: np.ndarray, node_start: 
     # count^2 * variance = count * sum(b^2) - sum(b)^2: exact in unsigned integers (never negative).
     spread = np.multiply(sqsums, node_count.astype(np.uint64)[:, None], dtype=np.uint64)
     spread -= np.square(sums, dtype=np.uint64)
-    std = (np.sqrt(spread.astype(np.float32)) @ np.ones(8, np.float32)) / (count * np.float32(8 * 255))
+    std = _row_sums(np.sqrt(spread.astype(np.float64))) / (node_count * float(8 * 255))
     dlc_sum = _segment_sums(log.dlc[lo:hi][grow], node_end, np.int32)
     ts = log.ts[lo:hi]
     first_row, last_row = grow[node_start], grow[node_end]
@@ -240,6 +245,19 @@ def _byte_sums(payload: np.ndarray, grow: np.ndarray, seg_end: np.ndarray, w: in
     return sums, sqsums
 
 
+def _row_sums(values: np.ndarray) -> np.ndarray:
+    """Sums over the columns of a small [n, k] float array, added left to right one column at a time.
+
+    Every step is one elementwise IEEE addition, so a row's sum is the same bits wherever the row
+    falls and whatever the CPU; a matrix-vector product goes through BLAS, whose kernels round
+    differently with the row's position in the call and from one CPU to the next.
+    """
+    total = values[:, 0].copy()
+    for j in range(1, values.shape[1]):
+        total += values[:, j]
+    return total
+
+
 def _segment_sums(values: np.ndarray, seg_end: np.ndarray, dtype: type | None = None) -> np.ndarray:
     """Sums of consecutive runs of ``values`` (1-D or per column) that end at rows ``seg_end``.
 
@@ -259,9 +277,13 @@ def _segment_sums(values: np.ndarray, seg_end: np.ndarray, dtype: type | None = 
 
 
 def _log1p(values: np.ndarray) -> np.ndarray:
-    """log(1 + max(v, 0)) in float32; ``np.log`` is vectorized where ``np.log1p`` is not, and the
-    features need no more than float32 precision near 0."""
-    return np.log(np.maximum(values, 0.0).astype(np.float32) + np.float32(1.0))
+    """log(1 + max(v, 0)), computed in float64 and rounded to float32 once.
+
+    ``np.log`` is vectorized where ``np.log1p`` is not, and the features need no more than float32
+    precision near 0. Its float32 SIMD kernels differ between CPUs by an ulp; in float64 those
+    differences almost never survive the final rounding.
+    """
+    return np.log(np.maximum(values, 0.0).astype(np.float64) + 1.0).astype(np.float32)
 
 
 def _edges(log: CanLog, lo: int, hi: int, offset: np.ndarray, msg_node: np.ndarray,
@@ -285,11 +307,13 @@ def _edges(log: CanLog, lo: int, hi: int, offset: np.ndarray, msg_node: np.ndarr
     upair = pair.ravel()[edge_start]
     src, dst = upair >> nbits, upair & ((1 << nbits) - 1)
     # Time between message t and t+1 of the window, gathered in grouped order.
-    gaps = np.diff(log.ts[lo:hi])
-    dt_sum = _segment_sums(gaps[(offset + t).ravel()], edge_start + edge_count - 1)
+    # Summed in integer nanoseconds: a float running sum rounds differently with the edge's place in
+    # the chunk, an integer one is exact, so the feature does not depend on how windows are chunked.
+    gaps_ns = np.rint(np.diff(log.ts[lo:hi]) * 1e9).astype(np.int64)
+    dt_sum_ns = _segment_sums(gaps_ns[(offset + t).ravel()], edge_start + edge_count - 1)
     edge_attr = np.empty((edge_start.shape[0], len(EDGE_FEATURES)), dtype=np.float32)
     edge_attr[:, 0] = edge_count.astype(np.float32) / np.float32(w - 1)
-    edge_attr[:, 1] = _log1p(dt_sum * 1000.0 / edge_count)
+    edge_attr[:, 1] = _log1p(dt_sum_ns / (edge_count * 1e6))
     edge_attr[:, 2] = src == dst
     edge_index = np.empty((2, edge_start.shape[0]), dtype=np.int32)
     edge_index[0], edge_index[1] = src, dst
