@@ -6,6 +6,9 @@ Three sources, each for what only it knows:
 - <stage>/status.json, written by the stage itself: running, failed (with the error), interrupted;
 - sacct, when present: what the scheduler did, including to jobs that never got to write
   status.json (pending, cancelled because an upstream stage failed, killed for memory, timed out).
+
+Below the table come the warnings stages recorded in their folders (``pipeline.stage_warnings``),
+such as a validation split that cannot select epochs.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.runs import RunDir
+from pipeline.stage_warnings import stage_warnings
 
 from jobs import slurm
 from jobs.errors import LaunchError
@@ -255,10 +259,22 @@ def run_report(run: RunDir) -> str:
     rows = stage_rows(run, list(profile.stages), done_states(run, profile), records, sacct)
     lines = [f"run {run.path} (profile {profile.name}, executor {executor})", format_rows(rows)]
     lines += failure_notes(run, rows)
+    lines += warning_notes(run, list(profile.stages))
     if executor == "slurm" and sacct is None:
         lines.append("note: sacct gave no answer; states come from the stages' own files, so a job the "
                      "scheduler killed shows its last written state")
     return "\n".join(lines)
+
+
+def warning_notes(run: RunDir, stages: list[str]) -> list[str]:
+    """What stages flagged for a look although they ran (``pipeline.stage_warnings``), one line each;
+    each message names the profile key to change."""
+    notes = []
+    for stage in stages:
+        for warning in stage_warnings(run.path / stage):
+            where = f"{stage}/{warning['where']}" if warning["where"] else stage
+            notes.append(f"warning {where}: {warning['message']}")
+    return [""] + notes if notes else []
 
 
 def failure_notes(run: RunDir, rows: list[StageRow]) -> list[str]:

@@ -6,8 +6,11 @@
   and reading it twice would put the same windows in train and validation (or test). Identity is
   judged on the decompressed content, because the same capture gzipped twice differs in its header
   bytes (the set_01 copies do); the later file is recorded as ``duplicate_of`` the first.
-* Validation is the time-contiguous tail of each train file, never randomly drawn windows, because
-  neighbouring windows of a capture are nearly identical and a random split would leak.
+* Validation is a time-contiguous block of each train file, never randomly drawn windows, because
+  neighbouring windows of a capture are nearly identical and a random split would leak. An
+  attack-free file gives its tail; a file with attacks gives the block nearest its tail that holds
+  its share of attack windows and leaves training its own (see ``choose_validation``), so
+  validation can judge a classifier even when a capture's attacks stop before its end.
 """
 from __future__ import annotations
 
@@ -17,8 +20,14 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from pipeline.data.windows import num_windows
+
+SPLIT_VERSION = 2
+"""Bump when the rule that picks validation rows changes: it is part of the cache key."""
 
 RAW_SUFFIXES = (".csv", ".gz", ".txt", ".log", ".parquet")
 """File endings taken as raw logs; anything else in a split folder (README, notes) is ignored."""
@@ -165,9 +174,82 @@ def train_val_rows(rows: int, window: int, stride: int, val_fraction: float) -> 
     total = num_windows(rows, window, stride)
     if total < 2:
         return slice(0, rows), slice(rows, rows)
-    n_val = min(max(1, round(total * val_fraction)), total - 1)
+    n_val = _validation_windows(total, val_fraction)
     split = (total - n_val - 1) * stride + window
     return slice(0, split), slice(split, rows)
+
+
+@dataclass(frozen=True)
+class ValidationBlock:
+    """Where one train file's validation rows lie, and the row ranges trained on around them."""
+
+    train: tuple[slice, ...]
+    """Row ranges for training, each windowed on its own so that no window spans the validation block."""
+    val: slice
+    rule: str
+    """Why these rows, for the manifest and the log (see ``choose_validation``)."""
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"rule": self.rule, "val_rows": [self.val.start, self.val.stop],
+                "train_rows": [[s.start, s.stop] for s in self.train if s.stop > s.start]}
+
+
+def choose_validation(labels: np.ndarray, window: int, stride: int, val_fraction: float) -> ValidationBlock:
+    """The validation block of one train file, from its per-message labels alone.
+
+    The block holds ``n_val = round(val_fraction * windows)`` consecutive windows of the file's
+    window grid (as ``train_val_rows`` counts them). A file without attack windows keeps the tail
+    (``train_val_rows``). A file with attacks gets the block nearest its tail in which validation
+    holds at least half its proportional share of the file's attack windows (``n_val / windows`` of
+    them) and the rest of the file at least half of its own share, so both sides see attacks. When
+    no block leaves training its half share (attacks in one or two windows), the block nearest the
+    tail that gives validation its half share is taken: one always exists, because at most
+    ``ceil(windows / n_val)`` blocks cover every window, so the best of them holds at least
+    ``attacks / ceil(windows / n_val) >= attacks * n_val / (2 * windows)``. The attack count of every
+    candidate block comes from one cumulative sum over window labels: a few vectorised passes
+    whatever the file's length, no loop over positions.
+
+    Training is the rows before and after the block, windowed separately. Validation keeps its
+    ``n_val`` windows; the train windows that would straddle a block edge (only when stride <
+    window) are dropped, so no message is in a train window and a validation window. The choice
+    depends on this file's labels only (never on test files) and is deterministic.
+    """
+    rows = int(labels.shape[0])
+    attacks = window_labels(labels, window, stride)
+    total = int(attacks.shape[0])
+    attack_windows = int(attacks.sum())
+    if total < 2 or attack_windows == 0:
+        head, tail = train_val_rows(rows, window, stride, val_fraction)
+        rule = "all train: under two windows" if total < 2 else "tail: no attack windows"
+        return ValidationBlock((head,), tail, rule)
+    n_val = _validation_windows(total, val_fraction)
+    running = np.zeros(total + 1, dtype=np.int64)
+    np.cumsum(attacks, out=running[1:])
+    in_block = running[n_val:] - running[:-n_val]  # attack windows of the block starting at window j
+    # Half the proportional share, in integers: in_block / n_val >= attack_windows / (2 * total), and
+    # likewise for the windows outside the block.
+    val_share = 2 * total * in_block >= n_val * attack_windows
+    train_share = 2 * total * (attack_windows - in_block) >= (total - n_val) * attack_windows
+    both = val_share & train_share
+    first = int(np.flatnonzero(both if both.any() else val_share)[-1])
+    at_tail = first + n_val == total
+    start, stop = first * stride, rows if at_tail else (first + n_val - 1) * stride + window
+    place = "tail" if at_tail else "middle block"
+    held = "both parts hold half their attack share" if both.any() else "validation holds half its attack share"
+    return ValidationBlock((slice(0, start), slice(stop, rows)), slice(start, stop), f"{place}: {held}")
+
+
+def window_labels(labels: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """Per window of the file's grid (starts 0, stride, ...): does it hold an attack message."""
+    total = num_windows(int(labels.shape[0]), window, stride)
+    running = np.zeros(labels.shape[0] + 1, dtype=np.int64)
+    np.cumsum(labels != 0, out=running[1:])
+    starts = np.arange(total, dtype=np.int64) * stride
+    return running[starts + window] > running[starts]
+
+
+def _validation_windows(total: int, val_fraction: float) -> int:
+    return min(max(1, round(total * val_fraction)), total - 1)
 
 
 def _folders(dataset: Path, pattern: str) -> list[Path]:

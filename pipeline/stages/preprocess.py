@@ -9,6 +9,10 @@ Each file is windowed as soon as it is parsed (keeping raw CAN ids) and its colu
 memory holds the graphs plus the columns of at most ``PREFETCH + 1`` files, never the whole
 dataset. The vocabulary, fit on the train part of the train files only, is applied when a split is
 written.
+
+Validation is a time-contiguous block of each train file, chosen from that file's labels
+(``pipeline.data.splits.choose_validation``); the manifest records each file's block and attack
+windows, and every split's label histogram is logged.
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from tqdm import tqdm
 from pipeline import io
 from pipeline.config import DataConfig, Profile
 from pipeline.data.cache import save_split
-from pipeline.data.readers import RawCanLog, load_can_log
-from pipeline.data.splits import SourceFile, discover_sources, train_val_rows
+from pipeline.data.readers import CanLog, RawCanLog, load_can_log
+from pipeline.data.splits import SPLIT_VERSION, SourceFile, ValidationBlock, choose_validation, discover_sources
 from pipeline.data.windows import (EDGE_FEATURES, FEATURE_VERSION, NODE_FEATURES, build_graphs_raw,
                                    concat_graphs, empty_graphs, fit_vocab, with_vocab)
+from pipeline.stage_warnings import clear_warnings, record_warning
 
 PREFETCH = 2
 """Files tokenized ahead of the one being windowed, so the tokenizers rarely wait (bounds memory)."""
@@ -46,7 +51,10 @@ def run(ctx) -> dict[str, Any]:
     if ctx.profile.task == "kg":
         from pipeline.kg.preprocess import run_kg_preprocess
         return run_kg_preprocess(ctx)
-    return preprocess(ctx.profile, ctx.log)
+    clear_warnings(ctx.dir)
+    result = preprocess(ctx.profile, ctx.log)
+    warn_if_validation_has_no_attacks(result["labels"], ctx.dir, ctx.log)
+    return result
 
 
 def preprocess(profile: Profile, log: logging.Logger) -> dict[str, Any]:
@@ -80,14 +88,31 @@ def preprocess_params(data: DataConfig) -> dict[str, Any]:
 
 
 def cache_key(sources: list[SourceFile], params: dict[str, Any]) -> str:
-    payload = {"params": params,
+    payload = {"params": params, "split_version": SPLIT_VERSION,
                "sources": [[s.rel, s.role, s.scenario, s.sha256] for s in sources]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def summary(cache_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return {"cache_dir": str(Path(cache_dir).resolve()), "result_key": manifest["key"],
-            "graphs": {name: s["graphs"] for name, s in manifest["splits"].items()}}
+            "graphs": {name: s["graphs"] for name, s in manifest["splits"].items()},
+            "labels": {name: s["labels"] for name, s in manifest["splits"].items()}}
+
+
+def warn_if_validation_has_no_attacks(labels: dict[str, dict[str, int]], stage_dir: Path, log: logging.Logger) -> None:
+    """A validation split without attack windows cannot select a classifier's epochs (its F1 is 0
+    whatever the model does): say so in the log and in ``make status``, with the key to change."""
+    val, train = labels["val"], labels["train"]
+    if val["1"] > 0:
+        return
+    if train["1"] > 0:
+        key, fix = "data.val_fraction", "raise data.val_fraction"
+    else:
+        key, fix = "data.train_glob", "add train files with attacks (data.train_glob), then check data.val_fraction"
+    message = (f"validation holds no attack windows ({val['0']} windows, all normal; train: {train['1']} attack "
+               f"windows): epochs cannot be selected on attack F1 or AUROC; {fix}")
+    if record_warning(stage_dir, "validation_without_attacks", message, key):
+        log.warning(message)
 
 
 def build_cache(sources: list[SourceFile], data: DataConfig, params: dict[str, Any], key: str, out: Path,
@@ -133,12 +158,13 @@ def build_cache(sources: list[SourceFile], data: DataConfig, params: dict[str, A
                 pending.append(reader.submit(load, to_read[k + PREFETCH]))
             entries[index].update(rows=len(can), bad_rows=can.bad_rows)
             if src.role == "train":
-                head, tail = train_val_rows(len(can), window, stride, data.val_fraction)
-                vocab_ids.append(np.unique(can.can_id[head]))
-                parts["train"].append((index, build_graphs_raw(can, window, stride, head, source=index)))
-                parts["val"].append((index, build_graphs_raw(can, window, stride, tail, source=index)))
-                log.info("%s: %d rows (%d bad), %d train + %d val windows", src.rel, len(can), can.bad_rows,
-                         len(parts["train"][-1][1]["y"]), len(parts["val"][-1][1]["y"]))
+                train, val, block = window_train_file(can, window, stride, data.val_fraction, index)
+                vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
+                parts["train"].append((index, train))
+                parts["val"].append((index, val))
+                entries[index]["validation"] = validation_record(block, train, val)
+                log.info("%s: %d rows (%d bad), %s", src.rel, len(can), can.bad_rows,
+                         describe_validation(entries[index]["validation"]))
             else:
                 parts[src.scenario].append((index, build_graphs_raw(can, window, stride, source=index)))
                 log.info("%s: %d rows (%d bad), %d windows [%s]", src.rel, len(can), can.bad_rows,
@@ -165,9 +191,37 @@ def build_cache(sources: list[SourceFile], data: DataConfig, params: dict[str, A
         "node_features": list(NODE_FEATURES),
         "edge_features": list(EDGE_FEATURES),
         "splits": written,
+        "split_version": SPLIT_VERSION,
         "scenarios": scenarios,
         "bad_rows_total": int(sum(e["bad_rows"] for e in entries)),
     }
+
+
+def window_train_file(can: CanLog, window: int, stride: int, val_fraction: float, source: int
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], ValidationBlock]:
+    """Train and validation window graphs of one train file, split by ``choose_validation``.
+
+    Each train row range is windowed on its own, so no train window spans the validation block.
+    """
+    block = choose_validation(can.label, window, stride, val_fraction)
+    train = concat_graphs([build_graphs_raw(can, window, stride, rows, source=source) for rows in block.train])
+    val = build_graphs_raw(can, window, stride, block.val, source=source)
+    return train, val, block
+
+
+def validation_record(block: ValidationBlock, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]
+                      ) -> dict[str, Any]:
+    """The manifest's account of one train file's split: rows of each part, windows and attack windows."""
+    return {**block.manifest_entry(),
+            "windows": {"train": int(train["y"].shape[0]), "val": int(val["y"].shape[0])},
+            "attack_windows": {"train": int(train["y"].sum()), "val": int(val["y"].sum())}}
+
+
+def describe_validation(record: dict[str, Any]) -> str:
+    start, stop = record["val_rows"]
+    windows, attacks = record["windows"], record["attack_windows"]
+    return (f"{windows['train']} train + {windows['val']} val windows; validation rows {start}:{stop} "
+            f"({record['rule']}); attack windows {attacks['train']} train / {attacks['val']} val")
 
 
 def processing_order(sources: list[SourceFile]) -> list[int]:
@@ -194,7 +248,9 @@ def _write_split(name: str, parts: list[tuple[int, dict[str, torch.Tensor]]], vo
         log.warning("split %s has no windows (its files are shorter than %d rows)", name, window)
     graphs = with_vocab(graphs, vocab)
     save_split(graphs, out / f"{name}.pt")
-    return _split_entry(name, graphs)
+    entry = _split_entry(name, graphs)
+    log.info("split %s: %d windows, label histogram %s", name, entry["graphs"], entry["labels"])
+    return entry
 
 
 def _split_entry(name: str, graphs: dict[str, torch.Tensor]) -> dict[str, Any]:
