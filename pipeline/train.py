@@ -27,11 +27,11 @@ checkpoint holds every rank's RNG state, so resume stays exact at the same world
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 import math
 import os
+import pickle
 import random
 import resource
 import sys
@@ -372,9 +372,10 @@ class Trainer:
     def save_best(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.rank != 0:
             return
-        cls = type(self.model)
+        from pipeline.models.registry import registered_name
+
         io.torch_save({
-            "model_class": f"{cls.__module__}:{cls.__qualname__}",
+            "model_class": registered_name(self.model),
             "model_kwargs": dict(getattr(self.model, "model_kwargs", {})),
             "state_dict": self.model.state_dict(),
             "epoch": epoch,
@@ -483,16 +484,23 @@ class Trainer:
 # -- model files ----------------------------------------------------------------
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild the model stored in a best.pt (class + kwargs + weights), in eval mode."""
+    """Rebuild the model stored in a best.pt (class + kwargs + weights), in eval mode.
+
+    The file is data, never code: its class must be one of the project's registered models
+    (``pipeline.models.registry``), built from plain values; anything else is a CheckpointError
+    naming the file.
+    """
+    from pipeline.models.registry import CheckpointError, rebuild   # imports every model class
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist (has its training stage finished?)")
-    blob = torch.load(path, map_location=device, weights_only=True)
-    module_name, _, qualname = blob["model_class"].partition(":")
-    cls = getattr(importlib.import_module(module_name), qualname)
-    model = cls(**blob["model_kwargs"])
-    model.load_state_dict(blob["state_dict"])
-    return model.to(device).eval()
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a model file that loads without running code ({first})") from None
+    return rebuild(blob, path).to(device).eval()
 
 
 @torch.no_grad()
