@@ -1,17 +1,19 @@
 """python -m jobs {submit,dry-run,status,resume,plan}: launch a profile's chain, watch it, finish it.
 
-Exit codes: 0 success, 1 a stage failed, 2 something to fix before launching (bad profile,
-no sbatch, not a run directory), 130 interrupted.
+Exit codes: 0 success, 2 something to fix (a bad profile, bad data, a missing file, no sbatch,
+not a run directory, a stage that stopped on one of those), printed as one line ``error: ...``
+(--debug or PIPELINE_DEBUG=1 adds the traceback), 1 a stage that crashed (a bug: its traceback
+is shown), 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipeline.config import ProfileError
+from pipeline.errors import debug_enabled, is_expected, one_line, report
 
 from jobs import launch, status
-from jobs.errors import LaunchError, StageFailed
+from jobs.errors import StageFailed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +24,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-O", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a profile key, e.g. -O train.epochs=3 (repeatable)")
 
-    p = sub.add_parser("submit", help="queue the profile's chain on SLURM (afterok dependencies); several "
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true",
+                       help="print the traceback of an expected error too (also: PIPELINE_DEBUG=1)")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[debug])  # --debug after any command
+
+    p = command("submit", help="queue the profile's chain on SLURM (afterok dependencies); several "
                                         "profiles or seeds make a sweep, one job array per stage")
     p.add_argument("--profile", required=True,
                    help="profile name (profiles/<name>.yaml) or YAML path; several separated by commas sweep them all")
@@ -31,20 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", help="where run directories go (default: runs/)")
     overrides(p)
 
-    p = sub.add_parser("dry-run", help="the same chain through submitit's local executor, stage by stage, "
+    p = command("dry-run", help="the same chain through submitit's local executor, stage by stage, "
                                          "on the profile's dry_run slice (-O dry_run.limit_rows=null for all rows)")
     p.add_argument("--profile", required=True, help="profile name (profiles/<name>.yaml) or YAML path")
     p.add_argument("--runs-root", help="where run directories go (default: runs/)")
     overrides(p)
 
-    p = sub.add_parser("status", help="table of a run's stages: state, job, elapsed, peak memory, log")
+    p = command("status", help="table of a run's stages: state, job, elapsed, peak memory, log")
     p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>, or a sweep's runs/_sweeps/<id>")
 
-    p = sub.add_parser("resume", help="launch only the stages of a run (or of a sweep's runs) that are not done")
+    p = command("resume", help="launch only the stages of a run (or of a sweep's runs) that are not done")
     p.add_argument("--run", required=True, help="run directory, runs/<profile>/<run_id>, or a sweep's runs/_sweeps/<id>")
     overrides(p)
 
-    p = sub.add_parser("plan", help="memory budget and batch plan of each training stage for the profile's "
+    p = command("plan", help="memory budget and batch plan of each training stage for the profile's "
                                       "target device (resources.<stage>.gpu_mem_gb), without submitting")
     p.add_argument("--profile", required=True, help="profile name (profiles/<name>.yaml) or YAML path")
     overrides(p)
@@ -64,19 +73,22 @@ def main(argv: list[str] | None = None) -> int:
             launch.resume(args.run, args.overrides)
         elif args.command == "plan":
             from pipeline.config import load_profile
-            from pipeline.preflight import preflight, render
+            from pipeline.preflight import plan_report
 
-            profile = load_profile(args.profile, args.overrides)
-            print(render(profile, preflight(profile)))
-    except (LaunchError, StageFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+            print(plan_report(load_profile(args.profile, args.overrides)))
+    except StageFailed as exc:
+        # The stage's traceback is in its log; a crash (a bug) shows it here too.
+        if exc.detail and (debug_enabled(args.debug) or not exc.expected):
+            print(exc.detail.rstrip(), file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except (ProfileError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; finish later with: make resume RUN=<run dir printed above>", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not is_expected(exc):
+            raise  # a bug: its traceback
+        return report(exc, debug_enabled(args.debug))
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import submitit
-from submitit.core.utils import UncompletedJobError
+from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from pipeline.config import Profile, load_profile
 from pipeline.runs import RUNS_DIR, RunDir
@@ -166,14 +166,29 @@ class LocalLauncher:
         except KeyboardInterrupt:
             job.cancel(check=False)
             raise
+        except FailedJobError as exc:  # the stage raised: the message holds the job's traceback
+            raise self._failed(plan, stage, record, failure_summary(str(exc)), _job_traceback(str(exc)),
+                               expected=False) from None
         except UncompletedJobError:
-            # No result at all: the process was killed (out of memory, a signal) before it could say why.
-            error = plan.run.read_status(stage).get("error") or "the job ended without a result (killed?)"
-            raise StageFailed(stage, error, self._logs(plan, stage, record)) from None
-        except Exception as exc:  # the stage raised; submitit re-raises it as FailedJobError
-            error = plan.run.read_status(stage).get("error") or failure_summary(str(exc))
-            raise StageFailed(stage, error, self._logs(plan, stage, record)) from None
+            # No result at all: the process was killed (out of memory, a signal) before it could say
+            # why; the fix is in its resources, not in the code.
+            raise self._failed(plan, stage, record, "the job ended without a result (killed?)", "",
+                               expected=True) from None
         print(f"{_step(plan, stage)} {stage}: {_outcome(result)}", flush=True)
+
+    def _failed(self, plan: RunPlan, stage: str, record: dict[str, Any], fallback: str, detail: str,
+                expected: bool) -> StageFailed:
+        """The failure as the stage recorded it (its error, and whether the user can fix it), else
+        what the job left: ``fallback`` and ``expected`` say what that is."""
+        status = plan.run.read_status(stage)
+        error = status.get("error")
+        if error and status.get("user_error"):
+            # recorded as "<ExceptionType>: <message>"; the message already names the file and the fix
+            error, expected = error.partition(": ")[2] or error, True
+        elif error:
+            expected = False
+        return StageFailed(stage, error or fallback, self._logs(plan, stage, record), expected=expected,
+                           detail=detail)
 
     @staticmethod
     def _logs(plan: RunPlan, stage: str, record: dict[str, Any]) -> list[str]:
@@ -191,6 +206,14 @@ def _outcome(result: Any) -> str:
 
 def _step(plan: RunPlan, stage: str) -> str:
     return f"[{plan.stages.index(stage) + 1}/{len(plan.stages)}]"
+
+
+def _job_traceback(text: str) -> str:
+    """The job's traceback from submitit's FailedJobError message (between its dashed lines), else the message."""
+    marker = "Traceback (most recent call last)"
+    if marker not in text:
+        return text
+    return marker + text.rsplit(marker, 1)[1].split("-" * 22, 1)[0].rstrip()
 
 
 def failure_summary(text: str) -> str:
@@ -362,7 +385,7 @@ def _run_local(plan: RunPlan, action: str) -> None:
     try:
         launch_chains([plan], LocalLauncher(), action)
     except StageFailed as exc:
-        raise StageFailed(exc.stage, exc.error, exc.logs, f"after fixing it: make resume RUN={plan.run.path}") from None
+        raise exc.with_hint(f"after fixing it: make resume RUN={plan.run.path}") from None
     print(f"finished: {plan.run.path}")
     print_metrics(plan.run, plan.profile)
 

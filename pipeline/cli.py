@@ -1,15 +1,17 @@
 """python -m pipeline.cli <stage> --run-dir D [--profile P] [-O key=value ...]
 
 Runs one stage in the foreground. It is exactly what each submitted job executes, so a failed
-job can be reproduced on a login node.
+job can be reproduced on a login node. An expected error (bad data, a bad profile, a missing
+file) is one line on stderr and exit code 2; --debug or PIPELINE_DEBUG=1 adds its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipeline.config import ProfileError, load_profile
-from pipeline.runner import StageError, run_stage
+from pipeline.config import load_profile
+from pipeline.errors import debug_enabled, is_expected, report
+from pipeline.runner import run_stage
 from pipeline.runs import RunDir
 from pipeline.stages import STAGES
 
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-O", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a profile key, e.g. -O train.epochs=3 (repeatable)")
     parser.add_argument("--force", action="store_true", help="run even if the stage is done")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an expected error too (also: PIPELINE_DEBUG=1)")
     args = parser.parse_args(argv)
     try:
         overrides: tuple[str, ...] = tuple(args.overrides)
@@ -29,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             RunDir(args.run_dir).freeze(load_profile(args.profile, overrides))
             overrides = ()
         run_stage(args.run_dir, args.stage, overrides, force=args.force)
-    except (ProfileError, StageError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if not is_expected(exc):
+            raise  # a bug: its traceback
+        return report(exc, debug_enabled(args.debug))
     return 0
 
 

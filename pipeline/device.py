@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.errors import UserError
+
+
+class DeviceError(UserError, RuntimeError):
+    """The profile asks for a device this machine does not have."""
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -12,7 +18,7 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile asks for device: cuda but no CUDA device is visible (set device: auto or cpu)")
+        raise DeviceError("profile asks for device: cuda but no CUDA device is visible (set device: auto or cpu)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("profile asks for device: mps but MPS is not available (set device: auto or cpu)")
+        raise DeviceError("profile asks for device: mps but MPS is not available (set device: auto or cpu)")
     return torch.device(name)

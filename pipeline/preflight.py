@@ -4,7 +4,7 @@ profile targets, computed on whatever machine runs it (a CPU-only login node is 
 The graph shapes come from a small slice of the real data (``PREFLIGHT_ROWS`` rows per file),
 and the activation cost is measured on the CPU with the live-tensor tracker: tensor bytes are the
 same on a GPU, where only the CUDA context and allocator overheads are added. Measured in fp32, the
-plan is conservative for AMP runs.
+plan is conservative for AMP runs. Knowledge-graph profiles are planned by ``pipeline.kg.preflight``.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 from pipeline import io
 from pipeline.config import Profile
 from pipeline.data.cache import GraphSplit
+from pipeline.errors import UserError
 from pipeline.memory import BatchPlan, MemoryBudget, plan_graph_batches, plan_key
 from pipeline.stages import STAGES
 
@@ -58,6 +59,15 @@ MODEL_SETUP: dict[str, Callable] = {"teacher": _teacher_setup, "autoencoder": _a
 """Training stage -> (profile, manifest, train split) -> (model, loss_fn) as the stage builds them."""
 
 
+def plan_report(profile: Profile) -> str:
+    """What ``make plan`` prints: the plan of every training stage of the profile's chain."""
+    if profile.task == "kg":
+        from pipeline.kg.preflight import kg_preflight, render_kg
+
+        return render_kg(profile, *kg_preflight(profile))
+    return render(profile, preflight(profile))
+
+
 def preflight(profile: Profile, log: logging.Logger | None = None) -> list[tuple[str, MemoryBudget, BatchPlan]]:
     from pipeline.stages.preprocess import preprocess
 
@@ -76,8 +86,8 @@ def preflight(profile: Profile, log: logging.Logger | None = None) -> list[tuple
             on_gpu = bool(res.gpus)
             target_gb = res.gpu_mem_gb if on_gpu else res.mem_gb
             if target_gb is None:
-                raise ValueError(f"resources.{stage}.{'gpu_mem_gb' if on_gpu else 'mem_gb'} is not set: "
-                                 "make plan needs the memory of the device the stage will get")
+                raise UserError(f"profile {profile.name}: resources.{stage}.{'gpu_mem_gb' if on_gpu else 'mem_gb'} "
+                                "is not set; make plan needs the memory of the device the stage will get")
             torch.manual_seed(profile.train.seed)
             model, loss_fn = MODEL_SETUP[stage](profile, manifest, split)
             cpu = torch.device("cpu")

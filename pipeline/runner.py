@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from pipeline.config import Profile
+from pipeline.errors import UserError, is_expected
 from pipeline.hostmem import fix_mmap_threshold
 from pipeline.runs import RunDir, stage_fingerprint
 from pipeline.stages import STAGES, chain_needs
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A stage could not run; the message names the stage, the reason and the log."""
 
 
@@ -104,11 +105,15 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
         state = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
         if main:
             run.write_status(stage, state=state, ended=time.time(), peak_rss_mb=peak_rss_mb(),
-                             error=f"{type(exc).__name__}: {exc}")
+                             error=f"{type(exc).__name__}: {exc}", user_error=is_expected(exc))
         if state == "interrupted":  # no traceback: the scheduler stopped it, the stage did nothing wrong
             log.warning("stage %s interrupted (%s: %s)", stage, type(exc).__name__, exc)
         else:
-            log.error("stage %s %s: %s\n%s", stage, state, exc, traceback.format_exc())
+            # The traceback goes to the log file only: whoever called reports the error on the
+            # console (one line from the command lines, the whole traceback from a job).
+            log.error("stage %s %s: %s\n%s", stage, state, exc, traceback.format_exc(), extra={CONSOLE: False})
+            if main:
+                exc.add_note(f"stage log: {stage_dir / 'log'}")
         raise
     ended = time.time()
     summary = {**summary, "elapsed_s": round(ended - started, 3), "peak_rss_mb": peak_rss_mb()}
@@ -161,6 +166,10 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+CONSOLE = "console"
+"""Log record attribute: False keeps the record out of the console (stderr) handler of rank 0."""
+
+
 def _stage_logger(stage: str, path: Path, rank: int = 0) -> logging.Logger:
     """The stage's logger: to <stage>/log and stderr on rank 0, to stderr only (marked) on other ranks."""
     log = logging.getLogger(f"pipeline.{stage}")
@@ -172,6 +181,8 @@ def _stage_logger(stage: str, path: Path, rank: int = 0) -> logging.Logger:
     fmt = logging.Formatter(f"%(asctime)s %(name)s{f' [rank {rank}]' if rank else ''} %(levelname)s %(message)s")
     handlers = (logging.FileHandler(path), logging.StreamHandler(sys.stderr)) if rank == 0 else (
         logging.StreamHandler(sys.stderr),)
+    if rank == 0:
+        handlers[1].addFilter(lambda record: getattr(record, CONSOLE, True))
     for handler in handlers:
         handler.setFormatter(fmt)
         log.addHandler(handler)

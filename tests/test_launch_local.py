@@ -64,11 +64,11 @@ def test_failed_stage_names_itself_and_its_log_and_stops_the_chain(tmp_path, cap
     # The sample is can-train-and-test CSV; reading it as Car-Hacking text fails on line 1.
     rc = main(["dry-run", "--profile", "local", "--runs-root", str(runs),
                "-O", f"data.cache_dir={tmp_path / 'cache'}", "-O", "data.layout=car_hacking_txt"])
-    assert rc == 1
-    err = capsys.readouterr().err
+    assert rc == 2   # bad data: the user fixes it
+    [line] = capsys.readouterr().err.splitlines()
     run = _only_run(runs)
-    assert "stage preprocess failed" in err and "line 1" in err
-    assert f"log: {run.path / 'preprocess' / 'log'}" in err
-    assert f"make resume RUN={run.path}" in err
+    assert line.startswith("error: stage preprocess failed: ") and "line 1" in line
+    assert f"log: {run.path / 'preprocess' / 'log'}" in line
+    assert f"make resume RUN={run.path}" in line
     assert list(run.read_jobs()["stages"]) == ["preprocess"]
     assert _status_states(run, capsys) == {"preprocess": "failed", "teacher": "pending", "evaluate": "pending"}

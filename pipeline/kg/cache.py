@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline import io
+from pipeline.errors import InputError
 from pipeline.kg.reader import EdgeTable
 
 CACHE_VERSION = 1
@@ -161,7 +162,7 @@ def _restrict_nodes(table: EdgeTable, limit: int | None, dropped: dict[str, int]
     renumber = np.full(n, -1, dtype=np.int64)
     renumber[kept] = np.arange(kept.shape[0])
     if kept.shape[0] == 0:
-        raise ValueError(f"{table.source}: no edges left (kg.limit_nodes={limit} keeps no edge with both ends)")
+        raise InputError(f"{table.source}: no edges left (kg.limit_nodes={limit} keeps no edge with both ends)")
     return table.node_type[kept].astype(np.int64), renumber[src], renumber[dst], rel.astype(np.int64), kept
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from pipeline import io
+from pipeline.errors import InputError
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.loss import rank_metrics
 
@@ -135,14 +136,14 @@ def read_labels(graph: KGGraph, labels_path: Path) -> tuple[dict[str, np.ndarray
     try:
         labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise ValueError(f"{labels_path}: empty file; expected a header node_type,node_id,label") from None
+        raise InputError(f"{labels_path}: empty file; expected a header node_type,node_id,label") from None
     missing = [c for c in ("node_type", "node_id", "label") if c not in labels.columns]
     if missing:
-        raise ValueError(f"{labels_path}: line 1 (header): missing column(s) {missing}; "
+        raise InputError(f"{labels_path}: line 1 (header): missing column(s) {missing}; "
                          "expected node_type,node_id,label")
     blank = (labels[["node_type", "node_id", "label"]].apply(lambda c: c.str.strip()) == "").any(axis=1).to_numpy()
     if blank.any():
-        raise ValueError(f"{labels_path}: line {int(np.flatnonzero(blank)[0]) + 2}: empty node_type, node_id or label")
+        raise InputError(f"{labels_path}: line {int(np.flatnonzero(blank)[0]) + 2}: empty node_type, node_id or label")
     nodes, ys = {}, []
     for t in graph.node_types:
         rows = labels[labels["node_type"] == graph.type_name(t)]
@@ -155,7 +156,7 @@ def read_labels(graph: KGGraph, labels_path: Path) -> tuple[dict[str, np.ndarray
             nodes[t] = found[keep].astype(np.int64).to_numpy()
             ys.append(rows["label"].to_numpy()[keep])
     if not nodes:
-        raise ValueError(f"{labels_path}: no labelled node matches a node of the graph (by node_type and node_id)")
+        raise InputError(f"{labels_path}: no labelled node matches a node of the graph (by node_type and node_id)")
     return nodes, np.concatenate(ys)
 
 
@@ -166,11 +167,11 @@ def check_labels(graph: KGGraph, labels_path: Path, test_fraction: float) -> dic
     nodes, y = read_labels(graph, labels_path)
     classes = np.unique(y)
     if len(classes) < 2:
-        raise ValueError(f"{labels_path}: every matched node has label {classes[0]!r}; a classifier needs two classes")
+        raise InputError(f"{labels_path}: every matched node has label {classes[0]!r}; a classifier needs two classes")
     try:
         label_split(y, test_fraction)
     except ValueError as exc:
-        raise ValueError(f"{labels_path}: no stratified split with kg.label_test_fraction={test_fraction}: {exc}") from None
+        raise InputError(f"{labels_path}: no stratified split with kg.label_test_fraction={test_fraction}: {exc}") from None
     return {graph.type_name(t): int(len(idx)) for t, idx in nodes.items()}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.config import KGNetConfig
+from pipeline.errors import InputError
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.loss import distill_loss, link_loss, validate_links, with_label_term
 from pipeline.kg.plan import describe_plan, kg_plan_key, plan_kg_batches, plan_summary
@@ -89,14 +90,32 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def teacher_loss(profile):
+    """The teacher's link loss (plus the contrastive term)."""
+    kg = profile.kg
+    return link_loss(kg.contrastive_weight, kg.contrastive_temperature)
+
+
+def student_loss(profile, teacher: torch.nn.Module):
+    """The student's loss: the link loss mixed with matching the frozen ``teacher`` on each batch."""
+    kg, distill = profile.kg, profile.distill
+    return distill_loss(teacher, distill.alpha, distill.temperature, kg.contrastive_weight, kg.contrastive_temperature)
+
+
+def train_loader(profile, graph: KGGraph, model: KGEncoder) -> LinkBatchLoader:
+    """Sampled link batches for ``model`` (one fanout per layer), at most kg.max_seed_edges seeds
+    until the memory plan sets the step's size."""
+    kg = profile.kg
+    return LinkBatchLoader(graph, kg.max_seed_edges, kg.fanouts[:model.num_layers], kg.neg_ratio, profile.train.seed,
+                           kg.steps_per_epoch, kg.sampler)
+
+
 def run_kg_teacher(ctx) -> dict[str, Any]:
     configure_threads(ctx.profile.train.threads)
     graph = open_graph(ctx)
     seed_everything(ctx.profile.train.seed)
     model, targets = encoder_for_profile(ctx.profile, ctx.profile.kg_model.teacher, graph)
-    kg = ctx.profile.kg
-    loss_fn = link_loss(kg.contrastive_weight, kg.contrastive_temperature)
-    return {**fit_encoder(ctx, graph, model, loss_fn, label_targets=targets), "role": "teacher"}
+    return {**fit_encoder(ctx, graph, model, teacher_loss(ctx.profile), label_targets=targets), "role": "teacher"}
 
 
 def run_kg_student(ctx) -> dict[str, Any]:
@@ -108,10 +127,9 @@ def run_kg_student(ctx) -> dict[str, Any]:
     teacher = load_model(ctx.upstream["teacher"]["best_checkpoint"], device="cpu").to(device).eval()
     seed_everything(ctx.profile.train.seed)
     model, targets = encoder_for_profile(ctx.profile, ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim)
-    kg, distill = ctx.profile.kg, ctx.profile.distill
-    loss_fn = distill_loss(teacher, distill.alpha, distill.temperature, kg.contrastive_weight,
-                           kg.contrastive_temperature)
-    summary = fit_encoder(ctx, graph, model, loss_fn, teacher=teacher, label_targets=targets)
+    distill = ctx.profile.distill
+    summary = fit_encoder(ctx, graph, model, student_loss(ctx.profile, teacher), teacher=teacher,
+                          label_targets=targets)
     ratio = count_parameters(model) / max(count_parameters(teacher), 1)
     ctx.log.info("student: %d parameters, %.3f of the teacher's %d", count_parameters(model), ratio,
                  count_parameters(teacher))
@@ -124,13 +142,11 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.n
     """Plan the batches, then run the Trainer on sampled link batches (plus the label term when
     ``label_targets`` are given; see ``training_labels``); returns the stage summary."""
     kg, cfg, device = ctx.profile.kg, ctx.profile.train, ctx.device
-    fanouts = kg.fanouts[:model.num_layers]
-    loader = LinkBatchLoader(graph, kg.max_seed_edges, fanouts, kg.neg_ratio, cfg.seed, kg.steps_per_epoch,
-                             kg.sampler)
-    val = LinkEvalLoader(graph, "val", fanouts, VAL_BATCH_EDGES, kg.val_edges_per_type, kg.eval_negatives,
+    loader = train_loader(ctx.profile, graph, model)
+    val = LinkEvalLoader(graph, "val", loader.fanouts, VAL_BATCH_EDGES, kg.val_edges_per_type, kg.eval_negatives,
                          seed=kg.split_seed, sampler=kg.sampler)
     if len(val) == 0:
-        raise ValueError(f"{graph.path}: no validation edges (graph too small for kg.val_fraction="
+        raise InputError(f"{graph.path}: no validation edges (graph too small for kg.val_fraction="
                          f"{kg.val_fraction}); raise kg.val_fraction or use a larger graph")
     model.to(device)
     if model.label_input_types:
