@@ -9,6 +9,7 @@ Files in the stage directory:
     checkpoint.pt   last finished epoch: model, optimizer, scaler, RNG states, early-stop state
     best.pt         best epoch so far: model class + kwargs + weights (``load_model`` rebuilds it)
     metrics.jsonl   one line per epoch
+    warnings.json   raised once per fit when validation cannot rank epochs (``pipeline.selection_check``)
 
 Resume is exact: the shuffle order is a function of (seed, epoch) and every RNG state is saved,
 so a job killed mid-epoch and re-run from checkpoint.pt ends with the same weights as one that
@@ -48,6 +49,8 @@ from tqdm import tqdm
 
 from pipeline import distributed, io, memory
 from pipeline.config import TrainConfig
+from pipeline.selection_check import check_validation
+from pipeline.stage_warnings import clear_warnings
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Any]]
 """(model, batch on device) -> (mean loss of the batch, model outputs)."""
@@ -73,6 +76,9 @@ class Selection:
     tie_metric: str | None = None
     """Breaks exact ties of ``metric`` (F1 saturates at 1.0 on easy validation sets; loss keeps moving)."""
     tie_mode: Literal["max", "min"] = "min"
+    profile_key: str = "data.val_fraction"
+    """The profile key that shapes validation, named when validation cannot judge the model
+    (``pipeline.selection_check``)."""
 
     def better(self, new: dict[str, float], best: dict[str, float] | None) -> bool:
         """Strictly better than ``best`` (None: nothing yet); a tie counts as no improvement."""
@@ -445,6 +451,8 @@ class Trainer:
         self.log.info("epoch %d/%d train_loss %.4f val %s%s (%.1fs, peak %.0f MB)", epoch, self.cfg.epochs,
                       train_loss, _fmt(val), " (best)" if improved else "", record["seconds"], record["peak_mem_mb"])
         io.append_jsonl(self.metrics_path, record)
+        check_validation(self.dir, self.selection, val, getattr(self.val_loader, "labels", None),
+                         self.metrics_path if s.finished else None, self.log)
         # best.pt is written before checkpoint.pt: a checkpoint never points at a best.pt not yet on disk.
         io.torch_save(checkpoint, self.checkpoint_path)
         if s.stopped_early:
@@ -470,6 +478,7 @@ class Trainer:
         if self.rank == 0:
             for path in (self.checkpoint_path, self.best_path, self.metrics_path):
                 path.unlink(missing_ok=True)
+            clear_warnings(self.dir)
         # Rank 0 draws what one process would; the others get streams of their own (dropout masks).
         seed_everything(self.cfg.seed + self.rank)
         self._same_batches_on_every_rank()

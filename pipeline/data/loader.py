@@ -75,6 +75,11 @@ class GraphLoader:
     def num_graphs(self) -> int:
         return int(self.indices.numel())
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """Labels of the graphs this loader yields (the training loop checks validation has both classes)."""
+        return self.split.y[self.indices]
+
     def order(self) -> torch.Tensor:
         """Graph indices in this epoch's order."""
         if not self.shuffle:

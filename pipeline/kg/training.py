@@ -29,7 +29,7 @@ from pipeline.models.kg_base import KGEncoder
 from pipeline.models.sage import HeteroSAGE
 from pipeline.train import Selection, Trainer, configure_threads, load_model, seed_everything
 
-SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min")
+SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min", profile_key="kg.val_fraction")
 VAL_BATCH_EDGES = 256
 
 
