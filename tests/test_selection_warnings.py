@@ -1,7 +1,9 @@
 """The one training loop warns once when validation cannot rank epochs (no attack windows, a NaN
-metric, a metric that never moves), in the stage log and in ``make status``."""
+metric, a metric that never moves), in the stage log and in ``make status``; evaluation reports a
+split without attack windows as "F1 undefined", never as F1 0."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -82,3 +84,24 @@ def test_constant_selection_metric_without_tie_metric_warns_when_the_fit_ends(tm
 def test_moving_selection_metric_does_not_warn(tmp_path, caplog):
     assert _fit_with_metrics(tmp_path, [{"f1": 0.5}, {"f1": 0.6}, {"f1": 0.6}], Selection("f1", "max"), caplog) == []
     assert stage_warnings(tmp_path) == []
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+def test_scenario_without_attacks_reports_f1_undefined(tmp_path):
+    cache = cache_with_attack_free(tmp_path / "cache", "test_02_unknown", 30)
+    run = run_with_cache(tmp_path, tiny_profile(["train.epochs=2"]), cache)
+    run_stage(run.path, "teacher")
+    result = run_stage(run.path, "evaluate")
+    assert result["scenarios"]["test_02_unknown"] is None and result["scenarios"]["test_01_known"] is not None
+    metrics = json.loads((run.path / "evaluate" / "metrics.json").read_text())
+    rows = {(r["model"], r["split"]): r for r in metrics["rows"]}
+    quiet = rows["teacher", "test_02_unknown"]
+    assert quiet["attacks"] == 0 and quiet["f1"] is None and quiet["recall"] is None
+    assert quiet["note"] == "no attack windows: F1 undefined"
+    assert sum(quiet["confusion"][0]) == 30 and 0.0 <= quiet["accuracy"] <= 1.0
+    assert rows["teacher", "test_01_known"]["f1"] is not None and "note" not in rows["teacher", "test_01_known"]
+    table = (run.path / "evaluate" / "metrics.md").read_text()
+    assert "| teacher | test_02_unknown | 30 | 0 |" in table and "| undefined | undefined | undefined |" in table
+    assert "- teacher on test_02_unknown: no attack windows: F1 undefined" in table
+    assert "f1 undefined (no attack windows)" in (run.path / "evaluate" / "log").read_text()

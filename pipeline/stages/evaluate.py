@@ -7,6 +7,11 @@ teacher, the KD student, the same student without KD, the curriculum student) an
 anomaly detector (the VGAE and its student: AUROC of the reconstruction error and F1 at the
 threshold chosen on validation). Each model also gets its parameter count and its CPU inference
 latency per 1,000 graphs, so accuracy is read next to what it costs.
+
+A split without attack windows (a scenario whose attacks remove messages, so no message is
+labelled) has no positives: recall and F1 are 0/0 there and precision can only count false alarms.
+Its row says "no attack windows: F1 undefined" and holds null for them (and for AUROC), never a 0
+that reads like a failed detector; accuracy and the false-positive count still describe it.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ DETECTOR_STAGES = ("autoencoder", "student")
 COLUMNS = ("graphs", "attacks", "accuracy", "precision", "recall", "f1", "balanced_accuracy")
 DETECTOR_COLUMNS = ("graphs", "attacks", "auroc", "precision", "recall", "f1", "balanced_accuracy")
 COST_COLUMNS = ("params", "cpu_ms_per_1k")
+NO_ATTACKS = "no attack windows: F1 undefined"
+UNDEFINED_WITHOUT_ATTACKS = ("precision", "recall", "f1", "auroc")
 
 
 def run(ctx) -> dict[str, Any]:
@@ -53,8 +60,8 @@ def run(ctx) -> dict[str, Any]:
         cost = model_cost(checkpoint, splits["val"], batch_size, _classify)
         for split_name, split in splits.items():
             row = {"model": name, "split": split_name, **evaluate_model(model, loader(split)), **cost}
-            ctx.log.info("%s on %s: %d graphs, %d attacks, f1 %.4f, balanced accuracy %.4f", name, split_name,
-                         row["graphs"], row["attacks"], row["f1"], row["balanced_accuracy"])
+            ctx.log.info("%s on %s: %d graphs, %d attacks, f1 %s, balanced accuracy %.4f", name, split_name,
+                         row["graphs"], row["attacks"], _score_text(row["f1"]), row["balanced_accuracy"])
             rows.append(row)
     detector_rows = []
     for name, detector in detectors_to_score(ctx.upstream).items():
@@ -63,8 +70,8 @@ def run(ctx) -> dict[str, Any]:
         for split_name, split in splits.items():
             row = {"model": name, "split": split_name, "threshold": detector["threshold"],
                    **evaluate_detector(model, loader(split), detector["threshold"]), **cost}
-            ctx.log.info("%s on %s: AUROC %.4f, f1 %.4f at threshold %.4g", name, split_name, row["auroc"],
-                         row["f1"], detector["threshold"])
+            ctx.log.info("%s on %s: AUROC %s, f1 %s at threshold %.4g", name, split_name, _score_text(row["auroc"]),
+                         _score_text(row["f1"]), detector["threshold"])
             detector_rows.append(row)
     io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows,
                                              "scenarios": manifest["scenarios"]})
@@ -112,14 +119,22 @@ def inference_node_cap(upstream: dict[str, dict[str, Any]]) -> int | None:
 def evaluate_model(model: nn.Module, loader: Iterable) -> dict[str, Any]:
     """Scores of ``model`` on every graph of ``loader``'s split, plus its size and attack count."""
     logits, y = predict(model, loader)
-    return {"graphs": int(y.numel()), "attacks": int(y.sum()), **classification_metrics(y, logits.argmax(-1))}
+    return undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
+                                      **classification_metrics(y, logits.argmax(-1))})
 
 
 def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> dict[str, Any]:
     """AUROC of the reconstruction error on ``loader``'s split, and the classification scores at ``threshold``."""
     scores, y = anomaly_scores(model, loader)
-    return {"graphs": int(y.numel()), "attacks": int(y.sum()), "auroc": auroc(y, scores),
-            **classification_metrics(y, (scores >= threshold).long())}
+    return undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()), "auroc": auroc(y, scores),
+                                      **classification_metrics(y, (scores >= threshold).long())})
+
+
+def undefined_without_attacks(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the attack-class scores set to None and a note when its split has no attack window."""
+    if row["graphs"] == 0 or row["attacks"] > 0:
+        return row
+    return {**row, **{k: None for k in UNDEFINED_WITHOUT_ATTACKS if k in row}, "note": NO_ATTACKS}
 
 
 @torch.no_grad()
@@ -151,6 +166,10 @@ def model_cost(checkpoint: str, split: GraphSplit, batch_size: int, forward) -> 
     model = load_model(checkpoint, "cpu")
     return {"params": sum(p.numel() for p in model.parameters()),
             "cpu_ms_per_1k": round(cpu_latency_ms_per_1k(model, forward, split, batch_size), 2)}
+
+
+def _score_text(value: float | None) -> str:
+    return "undefined (no attack windows)" if value is None else f"{value:.4f}"
 
 
 def _classify(model: nn.Module, batch) -> torch.Tensor:
@@ -191,17 +210,20 @@ def classification_metrics(y_true: torch.Tensor, y_pred: torch.Tensor) -> dict[s
 
 def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
     """One row per (model, split); the confusion matrix as TN/FP/FN/TP, then parameters and CPU
-    latency per 1,000 graphs (blank when not measured)."""
+    latency per 1,000 graphs (blank when not measured). A score that is undefined (None) reads
+    "undefined", and each row's note is listed below the table."""
     head = ["model", "split", *columns, "TN", "FP", "FN", "TP", "params", "CPU ms / 1k graphs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         (tn, fp), (fn, tp) = r["confusion"]
-        cells = [r["model"], r["split"], str(r["graphs"]), str(r["attacks"]),
-                 *(f"{r[k]:.4f}" for k in columns[2:]), str(tn), str(fp), str(fn), str(tp),
+        scores = ["undefined" if r[k] is None else f"{r[k]:.4f}" for k in columns[2:]]
+        cells = [r["model"], r["split"], str(r["graphs"]), str(r["attacks"]), *scores,
+                 str(tn), str(fp), str(fn), str(tp),
                  f"{r['params']:,}" if "params" in r else "",
                  f"{r['cpu_ms_per_1k']:.1f}" if "cpu_ms_per_1k" in r else ""]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    notes = [f"- {r['model']} on {r['split']}: {r['note']}" for r in rows if r.get("note")]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def detector_table(rows: list[dict[str, Any]]) -> str:
