@@ -27,6 +27,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class ColumnsConfig(_Strict):
+    """Column names of header CSV and Parquet files, for names the readers do not recognise by themselves.
+
+    Each key is optional; a key left out falls back to the recognised names (see
+    ``pipeline/data/columns.py``). Names match case-insensitively, ignoring surrounding whitespace.
+    """
+
+    timestamp: str | None = None
+    id: str | None = None
+    payload: str | None = None
+    label: str | None = None
+
+    @field_validator("timestamp", "id", "payload", "label")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must name a column (or be left out)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "ColumnsConfig":
+        named = [v.strip().lower() for v in self.mapping().values()]
+        twice = sorted({v for v in named if named.count(v) > 1})
+        if twice:
+            raise ValueError(f"column(s) {twice} named for more than one field")
+        return self
+
+    def mapping(self) -> dict[str, str]:
+        """The keys that are set, field -> column name."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class DataConfig(_Strict):
     dataset: str = "sample/hcrl_sa"
     """Dataset folder (train_*/ and test_*/ subfolders), relative to data_root unless absolute."""
@@ -42,6 +74,8 @@ class DataConfig(_Strict):
     """Read at most this many rows per file (dry runs on a slice)."""
     bad_rows: Literal["error", "skip"] = "error"
     """On a malformed row: stop with an error naming file and line, or skip it and count it in the manifest."""
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    """Column names (timestamp, id, payload, label) of header CSV / Parquet files beyond the recognised ones."""
     cache_dir: str = "data/cache"
     """Where graph caches live, relative to the project root unless absolute; shared by runs."""
     train_glob: str = "train_*"

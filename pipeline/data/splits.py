@@ -52,9 +52,9 @@ class SourceFile:
     duplicate_of: str | None = None
     """``rel`` of an earlier file with identical (decompressed) content; such a file is not read."""
 
-    def manifest_entry(self, rows: int = 0, bad_rows: int = 0) -> dict:
+    def manifest_entry(self, rows: int = 0, bad_rows: int = 0, padded_rows: int = 0) -> dict:
         return {"path": self.rel, "sha256": self.sha256, "role": self.role, "scenario": self.scenario,
-                "rows": rows, "bad_rows": bad_rows, "duplicate_of": self.duplicate_of}
+                "rows": rows, "bad_rows": bad_rows, "padded_rows": padded_rows, "duplicate_of": self.duplicate_of}
 
 
 def discover_sources(dataset: Path, train_glob: str = "train_*", test_glob: str = "test_*") -> list[SourceFile]:

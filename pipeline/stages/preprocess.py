@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline import io
 from pipeline.config import DataConfig, Profile
 from pipeline.data.cache import save_split
-from pipeline.data.readers import CanLog, RawCanLog, load_can_log
+from pipeline.data.readers import READER_VERSION, CanLog, RawCanLog, load_can_log
 from pipeline.data.splits import SPLIT_VERSION, SourceFile, ValidationBlock, choose_validation, discover_sources
 from pipeline.data.windows import (EDGE_FEATURES, FEATURE_VERSION, NODE_FEATURES, build_graphs_raw,
                                    concat_graphs, empty_graphs, fit_vocab, with_vocab)
@@ -84,7 +84,7 @@ def preprocess_params(data: DataConfig) -> dict[str, Any]:
     """Every setting that changes the cached graphs (and so belongs in the cache key)."""
     return {"layout": data.layout, "window": data.window, "stride": data.stride or data.window,
             "val_fraction": data.val_fraction, "limit_rows": data.limit_rows, "bad_rows": data.bad_rows,
-            "feature_version": FEATURE_VERSION}
+            "columns": data.columns.mapping(), "feature_version": FEATURE_VERSION, "reader_version": READER_VERSION}
 
 
 def cache_key(sources: list[SourceFile], params: dict[str, Any]) -> str:
@@ -145,7 +145,8 @@ def build_cache(sources: list[SourceFile], data: DataConfig, params: dict[str, A
                 parts[name] = []
 
         def load(index: int) -> RawCanLog:
-            return load_can_log(sources[index].path, data.layout, data.limit_rows, data.bad_rows)
+            return load_can_log(sources[index].path, data.layout, data.limit_rows, data.bad_rows,
+                                data.columns.mapping())
 
         progress = tqdm(total=len(sources), desc="preprocess", unit="file", file=sys.stderr,
                         mininterval=0.1 if sys.stderr.isatty() else 30.0)
@@ -156,7 +157,7 @@ def build_cache(sources: list[SourceFile], data: DataConfig, params: dict[str, A
             can = pending.popleft().result().decode()
             if k + PREFETCH < len(to_read):
                 pending.append(reader.submit(load, to_read[k + PREFETCH]))
-            entries[index].update(rows=len(can), bad_rows=can.bad_rows)
+            entries[index].update(rows=len(can), bad_rows=can.bad_rows, padded_rows=can.padded_rows)
             if src.role == "train":
                 train, val, block = window_train_file(can, window, stride, data.val_fraction, index)
                 vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
