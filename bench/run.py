@@ -22,6 +22,7 @@ BENCHMARKS: list[str] = [
     "bench.data_bench:preprocess_throughput",
     "bench.data_bench:cache_open",
     "bench.data_bench:collate_speed",
+    "bench.reader_fuzz:reader_fuzz",
     "bench.determinism_bench:cache_determinism",
     "bench.memory_bench:gat_memory_accuracy",
     "bench.memory_bench:vgae_memory_accuracy",
