@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import InputError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = PROJECT_ROOT / "profiles"
 DEFAULTS_FILE = PROFILES_DIR / "defaults.yaml"
@@ -19,7 +21,7 @@ DATA_ROOT_ENV = "PIPELINE_DATA_ROOT"
 KNOWN_STAGES = ("preprocess", "autoencoder", "teacher", "student", "curriculum", "export", "evaluate")
 
 
-class ProfileError(ValueError):
+class ProfileError(InputError):
     """A profile that cannot be used; the message names the source file and key."""
 
 

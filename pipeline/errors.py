@@ -26,24 +26,13 @@ class InputError(UserError, ValueError):
     """An input file or setting whose content cannot be used (a ValueError, as it always was)."""
 
 
-EXPECTED_BY_NAME = frozenset({
-    "builtins.FileNotFoundError",
-    "pipeline.config.ProfileError",
-    "pipeline.data.readers.CanLogError",
-    "pipeline.data.splits.SplitError",
-    "pipeline.kg.reader.KGInputError",
-})
-"""Expected errors that do not derive from UserError, by module and class name: matched without
-importing their modules (the readers pull in numpy and pyarrow; this module stays import-free)."""
-
-
-def _qualified(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named (or a stage must have written) is not there."""
 
 
 def is_expected(exc: BaseException) -> bool:
     """Whether ``exc`` is an error the user fixes (reported in one line) rather than a bug."""
-    return isinstance(exc, UserError) or any(_qualified(cls) in EXPECTED_BY_NAME for cls in type(exc).__mro__)
+    return isinstance(exc, UserError)
 
 
 def one_line(exc: BaseException) -> str:

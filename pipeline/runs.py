@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline import io
 from pipeline.config import PROJECT_ROOT, Profile, dump_profile, load_profile
+from pipeline.errors import MissingFileError
 
 RUNS_DIR = PROJECT_ROOT / "runs"
 
@@ -60,7 +61,7 @@ class RunDir:
 
     def profile(self, overrides: list[str] | tuple[str, ...] = ()) -> Profile:
         if not self.profile_path.exists():
-            raise FileNotFoundError(f"{self.path} is not a run directory (no profile.yaml)")
+            raise MissingFileError(f"{self.path} is not a run directory (no profile.yaml)")
         return load_profile(self.profile_path, overrides, with_defaults=False, check_paths=False)
 
     # -- done markers ----------------------------------------------------

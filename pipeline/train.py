@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from pipeline import distributed, io, memory
 from pipeline.config import TrainConfig
+from pipeline.errors import MissingFileError
 from pipeline.selection_check import check_validation
 from pipeline.stage_warnings import clear_warnings
 
@@ -499,11 +500,11 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> n
     (``pipeline.models.registry``), built from plain values; anything else is a CheckpointError
     naming the file.
     """
-    from pipeline.models.registry import CheckpointError, rebuild   # imports every model class
+    from pipeline.models.registry import CheckpointError, rebuild  # imports every model class
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"model file {path} does not exist (has its training stage finished?)")
+        raise MissingFileError(f"model file {path} does not exist (has its training stage finished?)")
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:

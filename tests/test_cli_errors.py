@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jobs.errors import LaunchError
-from pipeline.errors import EXPECTED_BY_NAME, InputError, UserError, is_expected, one_line
+from pipeline.errors import InputError, UserError, is_expected, one_line
 from pipeline.models.registry import CheckpointError
 from pipeline.runner import StageError
 
@@ -150,16 +150,19 @@ def test_plan_of_a_kg_profile_plans_its_training_stages(tmp_path):
     assert len(list(cache.glob("kg-*/manifest.json"))) == 1
 
 
-def test_every_expected_error_by_name_exists_and_is_expected():
-    import importlib
+def test_input_errors_of_every_reader_and_loader_are_expected_and_bugs_are_not():
+    from pipeline.config import ProfileError
+    from pipeline.data.readers import CanLogError
+    from pipeline.data.splits import SplitError
+    from pipeline.errors import MissingFileError
+    from pipeline.kg.reader import KGInputError
 
-    for name in EXPECTED_BY_NAME:
-        module, _, cls_name = name.rpartition(".")
-        cls = getattr(importlib.import_module(module), cls_name)
-        assert issubclass(cls, BaseException) and is_expected(cls("x"))
-    for cls in (UserError, InputError, LaunchError, StageError, CheckpointError):
+    for cls in (UserError, InputError, LaunchError, StageError, CheckpointError, ProfileError, CanLogError,
+                SplitError, KGInputError, MissingFileError):
         assert is_expected(cls("x"))
-    for exc in (ValueError("x"), KeyError("x"), ZeroDivisionError(), IsADirectoryError("x")):
+    for cls in (ProfileError, CanLogError, SplitError, KGInputError):
+        assert issubclass(cls, ValueError)  # callers that catch ValueError keep working
+    for exc in (ValueError("x"), KeyError("x"), ZeroDivisionError(), IsADirectoryError("x"), FileNotFoundError("x")):
         assert not is_expected(exc)
 
 

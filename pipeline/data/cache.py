@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from pipeline import io
+from pipeline.errors import MissingFileError
 
 SPLIT_KEYS = ("x", "node_id", "edge_index", "edge_attr", "y", "node_ptr", "edge_ptr", "source", "start_row")
 
@@ -90,7 +91,7 @@ class GraphSplit:
     def open(cls, path: str | os.PathLike) -> "GraphSplit":
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"graph cache split {path} does not exist (run the preprocess stage)")
+            raise MissingFileError(f"graph cache split {path} does not exist (run the preprocess stage)")
         try:
             tensors = torch.load(path, mmap=True, weights_only=True)
         except Exception as exc:   # truncated or overwritten file: torch's message names no path

@@ -39,8 +39,21 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from pipeline.data.columns import ColumnError, looks_like_header, resolve_columns, split_header
-from pipeline.data.fields import (MAX_PAYLOAD_BYTES, Checks, combine, is_text, parse_float, parse_hex_payload,
-                                  parse_id, parse_label, parse_words, shorten, text_lengths, value_at)
+from pipeline.data.fields import (
+    MAX_PAYLOAD_BYTES,
+    Checks,
+    combine,
+    is_text,
+    parse_float,
+    parse_hex_payload,
+    parse_id,
+    parse_label,
+    parse_words,
+    shorten,
+    text_lengths,
+    value_at,
+)
+from pipeline.errors import InputError
 
 LAYOUTS = ("can_train_and_test", "car_hacking_csv", "car_hacking_txt", "parquet")
 CTT_COLUMNS = ("timestamp", "arbitration_id", "data_field", "attack")
@@ -57,7 +70,7 @@ _TXT_LINE = (r"^\s*Timestamp:\s*(?P<ts>\S+)\s+ID:\s*(?P<id>\S+)\s+(?P<rtr>\S+)\s
 _TXT_DATA_OK = r"^(?:\s+[0-9A-Fa-f]{2})*$"
 
 
-class CanLogError(ValueError):
+class CanLogError(InputError):
     """A raw log that cannot be read; the message names the file, the line and the reason."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.windows import num_windows
+from pipeline.errors import InputError
 
 SPLIT_VERSION = 2
 """Bump when the rule that picks validation rows changes: it is part of the cache key."""
@@ -33,7 +34,7 @@ RAW_SUFFIXES = (".csv", ".gz", ".txt", ".log", ".parquet")
 """File endings taken as raw logs; anything else in a split folder (README, notes) is ignored."""
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """The dataset folder does not hold the train and test folders the profile asks for."""
 
 

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline import io
-from pipeline.errors import InputError
+from pipeline.errors import InputError, MissingFileError
 from pipeline.kg.reader import EdgeTable
 
 CACHE_VERSION = 1
@@ -319,7 +319,7 @@ class KGGraph:
     def open(cls, path: str | Path) -> "KGGraph":
         path = Path(path)
         if not (path / MANIFEST).exists():
-            raise FileNotFoundError(f"{path} is not a knowledge-graph cache (no {MANIFEST}); re-run the preprocess stage")
+            raise MissingFileError(f"{path} is not a knowledge-graph cache (no {MANIFEST}); re-run the preprocess stage")
         manifest = io.read_json(path / MANIFEST)
         graph = cls(path, manifest, {t["alias"]: int(t["count"]) for t in manifest["node_types"]})
         for m in manifest["message_types"]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline import io
 from pipeline.config import Profile
+from pipeline.errors import MissingFileError
 from pipeline.kg.cache import CacheParams, KGGraph, build_cache, cache_key, file_sha256
 from pipeline.kg.reader import read_edges
 from pipeline.kg.report import check_labels
@@ -41,7 +42,7 @@ def kg_preprocess(profile: Profile, log: logging.Logger) -> dict[str, Any]:
     source = {"file": path.name, "sha256": file_sha256(path) if path.is_file() else None, "layout": kg.layout,
               "limit_rows": profile.data.limit_rows, "include_node_types": kg.include_node_types}
     if source["sha256"] is None:
-        raise FileNotFoundError(f"{path}: no such file (kg.file={kg.file!r} inside data.dataset={profile.data.dataset!r})")
+        raise MissingFileError(f"{path}: no such file (kg.file={kg.file!r} inside data.dataset={profile.data.dataset!r})")
     key = cache_key(source, params.as_dict())
     cache_dir = profile.cache_path / f"kg-{key}"
     manifest = io.keyed_manifest(cache_dir, key)

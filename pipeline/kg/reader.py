@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from pipeline.errors import InputError
+
 PRIMEKG_COLUMNS = ("relation", "display_relation", "x_index", "x_id", "x_type", "x_name", "x_source",
                    "y_index", "y_id", "y_type", "y_name", "y_source")
 EDGE_LIST_COLUMNS = ("src_type", "src_id", "relation", "dst_type", "dst_id")
@@ -33,7 +35,7 @@ _HEADER_LINE = 1
 _FIRST_DATA_LINE = 2
 
 
-class KGInputError(ValueError):
+class KGInputError(InputError):
     """An edge file that cannot be read; the message names the file, line and column, and the fix."""
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from pipeline import io
-from pipeline.errors import InputError
+from pipeline.errors import InputError, MissingFileError
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.loss import rank_metrics
 
@@ -132,7 +132,7 @@ def label_f1(emb: dict[str, np.ndarray], graph: KGGraph, labels_path: Path,
 def read_labels(graph: KGGraph, labels_path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(local indices of the labelled nodes per node type, their labels in that order)."""
     if not Path(labels_path).is_file():
-        raise FileNotFoundError(f"{labels_path}: no such file (kg.labels_file)")
+        raise MissingFileError(f"{labels_path}: no such file (kg.labels_file)")
     try:
         labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
