@@ -53,8 +53,8 @@ def preprocess_throughput() -> list[dict[str, Any]]:
     """Preprocess rows/s and its time relative to a bare pyarrow read of the same files."""
     import pyarrow.csv as pcsv
 
-    from pipeline.data.splits import discover_sources
-    from pipeline.stages.preprocess import preprocess
+    from pipeline.can.data.build import preprocess
+    from pipeline.can.data.splits import discover_sources
 
     log = _quiet_logger()
     profile = bench_profile(CACHE_ROOT)
@@ -94,7 +94,7 @@ def preprocess_throughput() -> list[dict[str, Any]]:
 _OPEN_SCRIPT = textwrap.dedent("""
     import json, sys, time
     import torch
-    from pipeline.data.cache import GraphSplit
+    from pipeline.can.data.cache import GraphSplit
 
     def rss():
         with open("/proc/self/statm") as fh:
@@ -116,7 +116,7 @@ _OPEN_SCRIPT = textwrap.dedent("""
 
 def ensure_cache() -> Path:
     """The set_01 cache directory, built once (later calls are no-ops keyed on the inputs)."""
-    from pipeline.stages.preprocess import preprocess
+    from pipeline.can.data.build import preprocess
 
     return Path(preprocess(bench_profile(CACHE_ROOT), _quiet_logger())["cache_dir"])
 
@@ -152,7 +152,7 @@ def collate_speed(batch_size: int = 64, batches: int = 200) -> list[dict[str, An
     import torch
     from torch_geometric.data import Batch, Data
 
-    from pipeline.data.cache import GraphSplit
+    from pipeline.can.data.cache import GraphSplit
 
     split = GraphSplit.open(ensure_cache() / "train.pt")
     t = split.t

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from bench.data_bench import _quiet_logger, row
+from pipeline.can.data import windows
 from pipeline.config import DATA_ROOT_ENV, PROJECT_ROOT, load_profile
-from pipeline.data import windows
 
 DATASET = "can-train-and-test/hcrl_sa"
 SMALL_CHUNK = 97
@@ -39,7 +39,7 @@ def split_hashes(cache_dir: Path) -> dict[str, str]:
 
 
 def cache_content_hash(chunk: int, cache_root: Path) -> dict[str, str]:
-    from pipeline.stages.preprocess import preprocess
+    from pipeline.can.data.build import preprocess
 
     root = os.environ.get(DATA_ROOT_ENV) or str(PROJECT_ROOT / ".." / "shared" / "data")
     profile = load_profile("hcrl_sa", [f"data_root={root}", f"data.cache_dir={cache_root}"])

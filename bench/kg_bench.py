@@ -138,7 +138,7 @@ def child_train(args: dict[str, Any]) -> dict[str, Any]:
         loss_fn(model, batch)[0].backward()
 
     act = measure_step_peak(one_step, cpu)
-    torch.save({"model_class": "pipeline.models.hgt:HGT", "model_kwargs": model.model_kwargs,
+    torch.save({"model_class": "pipeline.kg.models.hgt:HGT", "model_kwargs": model.model_kwargs,
                 "state_dict": model.state_dict()}, args["model"])
     return {"peak_rss_gb": _peak_gb(), "seconds_per_1000_steps": seconds / len(edges) * 1000,
             "cpu_seconds_per_1000_steps": cpu_seconds / len(edges) * 1000, "steps": len(edges),
@@ -153,7 +153,7 @@ def child_export(args: dict[str, Any]) -> dict[str, Any]:
     """Layer-wise inference of the trained model, files and report, as the export stage runs them."""
     from pipeline.config import load_profile
     from pipeline.kg.cache import SPLITS, KGGraph
-    from pipeline.kg.export import export_model
+    from pipeline.kg.embeddings import export_model
     from pipeline.train import load_model
 
     graph = KGGraph.open(args["cache"])

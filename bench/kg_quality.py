@@ -22,8 +22,8 @@ import torch
 
 from bench.data_bench import row
 from pipeline.config import load_profile
+from pipeline.kg.build import kg_preprocess
 from pipeline.kg.cache import KGGraph
-from pipeline.kg.preprocess import kg_preprocess
 from pipeline.kg.report import classify, rank_held_out, read_labels
 
 NAME = "acm_structural_baselines"

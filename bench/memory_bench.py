@@ -19,8 +19,8 @@ import torch
 
 from bench.data_bench import ensure_cache, row
 from pipeline import io, memory
-from pipeline.data.cache import GraphSplit
-from pipeline.data.loader import GraphLoader
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.loader import GraphLoader
 
 EVAL_GRAPHS = (96, 128, 192, 256, 384, 512)
 BUDGETS_MB = (64, 128, 256, 512)
@@ -102,8 +102,8 @@ def _plan(model, split, loss_fn, device, target_gb: float | None):
 
 def gat_memory_accuracy() -> list[dict[str, Any]]:
     """The GAT teacher (set_01 profile dims) on set_01 window graphs."""
+    from pipeline.can.classifier import build_model, cross_entropy_loss
     from pipeline.config import load_profile
-    from pipeline.stages.teacher import build_model, cross_entropy_loss
 
     cache_dir = ensure_cache()
     manifest = io.read_json(cache_dir / "manifest.json")
@@ -117,8 +117,8 @@ def gat_memory_accuracy() -> list[dict[str, Any]]:
 def vgae_memory_accuracy() -> list[dict[str, Any]]:
     """The VGAE autoencoder (set_01 profile dims) on set_01 window graphs, as the autoencoder stage
     plans it (the whole train split probed) and trains it (attack-free graphs only)."""
+    from pipeline.can.detector import build_vgae, normal_indices, vgae_loss
     from pipeline.config import load_profile
-    from pipeline.stages.autoencoder import build_vgae, normal_indices, vgae_loss
 
     cache_dir = ensure_cache()
     manifest = io.read_json(cache_dir / "manifest.json")

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.can_corruptions import (CASES, LIMITS, SUFFIX, RuleBroken, build, judge, random_layout, random_ops)
+from tests.can_corruptions import CASES, LIMITS, SUFFIX, RuleBroken, build, judge, random_layout, random_ops
 
 INPUTS_PER_CASE = 2000
 SEED = 14

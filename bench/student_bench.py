@@ -99,10 +99,10 @@ def clear_teacher_outputs(run: RunDir) -> None:
 
 def step_device_bytes(run: RunDir, cached: bool) -> int:
     """Bytes one KD training step holds on the device: step allocations + a resident teacher."""
-    from pipeline.distill import GAT_TEACHER, LiveTeacher, StandInTeacher
+    from pipeline.can.data.cache import StageData
+    from pipeline.can.distill import GAT_TEACHER, LiveTeacher, StandInTeacher
+    from pipeline.can.students import build_student, gat_student_loss
     from pipeline.memory import measure_step_peak, tensor_bytes
-    from pipeline.data.cache import StageData
-    from pipeline.stages.student import build_student, gat_student_loss
     from pipeline.train import load_model
 
     profile = run.profile()

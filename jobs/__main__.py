@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.errors import debug_enabled, is_expected, one_line, report
-
 from jobs import launch, status
 from jobs.errors import StageFailed
+from pipeline.errors import debug_enabled, is_expected, one_line, report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             launch.resume(args.run, args.overrides)
         elif args.command == "plan":
             from pipeline.config import load_profile
-            from pipeline.preflight import plan_report
+            from pipeline.stages import resolve, workload
 
-            print(plan_report(load_profile(args.profile, args.overrides)))
+            profile = load_profile(args.profile, args.overrides)
+            print(resolve(workload(profile.task).planner)(profile))
     except StageFailed as exc:
         # The stage's traceback is in its log; a crash (a bug) shows it here too.
         if exc.detail and (debug_enabled(args.debug) or not exc.expected):

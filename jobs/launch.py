@@ -18,17 +18,16 @@ from typing import Any, Protocol
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from pipeline.config import Profile, load_profile
-from pipeline.runs import RUNS_DIR, RunDir
-
 from jobs import slurm
 from jobs.errors import LaunchError, StageFailed
-from jobs.records import append_records, launched_with, latest_records, now_iso
+from jobs.records import append_records, latest_records, launched_with, now_iso
 from jobs.resources import describe, executor_parameters, rank_layout
 from jobs.selection import chain_dependencies, done_states, plan_resume
 from jobs.stage_job import StageJob
 from jobs.sweep import SWEEPS_DIR, array_name, group_submissions, stage_order, sweep_profiles, sweep_runs, write_sweep
 from jobs.table import format_table
+from pipeline.config import Profile, load_profile
+from pipeline.runs import RUNS_DIR, RunDir
 
 
 @dataclass
@@ -274,7 +273,7 @@ def _array_key(plan: RunPlan, stage: str) -> str:
 def _dependency_ids(plan: RunPlan, stage: str, records: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Upstream stage -> the job id ``stage`` of this run waits for (launched now, or still queued)."""
     ids = {}
-    for dep in chain_dependencies(plan.profile.stages)[stage]:
+    for dep in chain_dependencies(plan.profile.task, plan.profile.stages)[stage]:
         if dep in records:
             ids[dep] = records[dep]["job_id"]
         elif dep in plan.queued:
@@ -448,7 +447,7 @@ def _resume_plan(run: RunDir, overrides: list[str]) -> tuple[RunPlan, str] | Non
         slurm.require_slurm(profile.name)
     states = done_states(run, profile)
     queued = queued_jobs(run) if kind == "slurm" else {}
-    launch, keep = plan_resume(profile.stages, chain_dependencies(profile.stages),
+    launch, keep = plan_resume(profile.stages, chain_dependencies(profile.task, profile.stages),
                                {s for s, st in states.items() if st == "done"}, set(queued))
     launcher: Launcher = SlurmLauncher() if kind == "slurm" else LocalLauncher()
     for stage in launch:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from pipeline.config import Profile, Resources
-from pipeline.stages import STAGES
-
 from jobs.errors import LaunchError
+from pipeline.config import Profile, Resources
+from pipeline.stages import stage_spec
 
 # sbatch options that the profile sets through a field of its own, or that the launch layer
 # owns; ``resources.<stage>.extra`` must not set them behind those fields' backs.
@@ -55,7 +54,7 @@ def rank_layout(profile: Profile, stage: str) -> tuple[int, int]:
     gpus = res.gpus or 0
     nodes = res.nodes or 1
     tasks = res.tasks_per_node or max(gpus, 1)
-    if not STAGES[stage].trains:
+    if not stage_spec(profile.task, stage).trains:
         if nodes > 1 or (res.tasks_per_node or 1) > 1:
             raise LaunchError(f"profile {profile.name!r}: stage {stage} does not train, so it runs as one process; "
                               f"remove resources.{stage}.nodes/tasks_per_node (or set them to 1)")

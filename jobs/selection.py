@@ -16,16 +16,16 @@ from pipeline.stages import chain_needs
 DoneState = Literal["done", "stale"] | None
 
 
-def chain_dependencies(chain: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """stage -> the stages of ``chain`` it reads."""
-    return {stage: chain_needs(stage, list(chain)) for stage in chain}
+def chain_dependencies(task: str, chain: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """stage -> the stages of ``chain`` (of a profile of ``task``) it reads."""
+    return {stage: chain_needs(task, stage, list(chain)) for stage in chain}
 
 
 def done_states(run: RunDir, profile: Profile) -> dict[str, DoneState]:
     """Per stage of the chain: 'done' (marker matches), 'stale' (marker from other inputs, or an
     upstream stage is not done) or None (no marker)."""
     states: dict[str, DoneState] = {}
-    needs = chain_dependencies(profile.stages)
+    needs = chain_dependencies(profile.task, profile.stages)
     for stage in profile.stages:
         record = run.done_record(stage)
         if record is None:

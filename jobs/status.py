@@ -21,16 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.runs import RunDir
-from pipeline.stage_warnings import stage_warnings
-
 from jobs import slurm
 from jobs.errors import LaunchError
-from jobs.records import launched_with, latest_records
+from jobs.records import latest_records, launched_with
 from jobs.selection import DoneState, chain_dependencies, done_states
 from jobs.slurm import SacctJob
 from jobs.sweep import sweep_runs
 from jobs.table import format_table
+from pipeline.runs import RunDir
+from pipeline.stage_warnings import stage_warnings
 
 STATES = ("pending", "running", "done", "stale", "failed", "interrupted", "cancelled", "out_of_memory")
 _KILLED = ("out_of_memory", "cancelled", "interrupted")
@@ -113,7 +112,7 @@ def process_alive(status: dict[str, Any]) -> bool | None:
 def stage_rows(run: RunDir, stages: list[str], done: dict[str, DoneState], records: dict[str, dict[str, Any]],
                sacct: dict[str, SacctJob] | None, now: float | None = None) -> list[StageRow]:
     now = time.time() if now is None else now
-    needs = chain_dependencies(stages)
+    needs = chain_dependencies(run.profile().task, stages)
     rows: list[StageRow] = []
     for stage in stages:
         record = records.get(stage, {})

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
+from jobs.errors import LaunchError
 from pipeline import io
 from pipeline.config import Profile, load_profile
 from pipeline.runs import RunDir
-from pipeline.stages import STAGES
-
-from jobs.errors import LaunchError
+from pipeline.stages import STAGE_ORDER
 
 SWEEPS_DIR = "_sweeps"
 SWEEP_FILE = "sweep.json"
@@ -48,7 +47,7 @@ class Submission:
 def stage_order(chains: Sequence[Sequence[str]]) -> list[str]:
     """Every stage of the chains, in the registry's order (upstream stages first)."""
     present = {stage for chain in chains for stage in chain}
-    return [stage for stage in STAGES if stage in present]
+    return [stage for stage in STAGE_ORDER if stage in present]
 
 
 def group_submissions(

@@ -13,12 +13,12 @@ from pipeline.config import load_profile
 from pipeline.errors import debug_enabled, is_expected, report
 from pipeline.runner import run_stage
 from pipeline.runs import RunDir
-from pipeline.stages import STAGES
+from pipeline.stages import STAGE_ORDER
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.cli", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("stage", choices=STAGE_ORDER)
     parser.add_argument("--run-dir", required=True, help="run directory (created if --profile is given)")
     parser.add_argument("--profile", help="profile name or YAML path; freezes it into the run dir")
     parser.add_argument("-O", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

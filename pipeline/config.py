@@ -33,7 +33,7 @@ class ColumnsConfig(_Strict):
     """Column names of header CSV and Parquet files, for names the readers do not recognise by themselves.
 
     Each key is optional; a key left out falls back to the recognised names (see
-    ``pipeline/data/columns.py``). Names match case-insensitively, ignoring surrounding whitespace.
+    ``pipeline/can/data/columns.py``). Names match case-insensitively, ignoring surrounding whitespace.
     """
 
     timestamp: str | None = None

@@ -24,7 +24,7 @@ from pipeline.config import Profile
 from pipeline.errors import UserError, is_expected
 from pipeline.hostmem import fix_mmap_threshold
 from pipeline.runs import RunDir, stage_fingerprint
-from pipeline.stages import STAGES, chain_needs
+from pipeline.stages import chain_needs, stage_spec, workload
 
 
 class StageError(UserError, RuntimeError):
@@ -52,7 +52,7 @@ class StageContext:
 
 def upstream_records(run: RunDir, profile: Profile, stage: str) -> dict[str, dict[str, Any]]:
     records = {}
-    for dep in chain_needs(stage, profile.stages):
+    for dep in chain_needs(profile.task, stage, profile.stages):
         record = run.done_record(dep)
         if record is None:
             raise StageError(f"stage {stage!r} needs {dep!r}, which is not done in {run.path}")
@@ -67,14 +67,14 @@ def fingerprint_for(run: RunDir, profile: Profile, stage: str) -> str:
 
 def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...] = (), force: bool = False) -> dict[str, Any]:
     """Run ``stage`` in ``run_dir`` unless it is already done with the same inputs."""
-    if stage not in STAGES:
-        raise StageError(f"unknown stage {stage!r}; valid: {sorted(STAGES)}")
     run = RunDir(run_dir)
     profile = run.profile(overrides)
+    spec = stage_spec(profile.task, stage)
+    work = workload(profile.task)
     stage_dir = run.stage_dir(stage)
     rank, world = _launched_rank()
     log = _stage_logger(stage, stage_dir / "log", rank)
-    if world > 1 and not STAGES[stage].trains:
+    if world > 1 and not spec.trains:
         raise StageError(f"stage {stage!r} does not train, so it runs as one process, but it was started as "
                          f"{world}; drop resources.{stage}.nodes/tasks_per_node from the profile")
     upstream = upstream_records(run, profile, stage)
@@ -94,12 +94,11 @@ def run_stage(run_dir: str | os.PathLike, stage: str, overrides: tuple[str, ...]
     ctx = StageContext(profile=profile, run=run, stage=stage, dir=stage_dir, log=log,
                        fingerprint=fingerprint, upstream=upstream)
     log.info("stage %s starting in %s (job %s)", stage, run.path, job_id or "-")
-    if profile.task == "kg":
-        # sampled steps allocate and free large tensors at a steady size; see pipeline.hostmem
+    if work.steady_allocations:
         fix_mmap_threshold()
     try:
         with _process_group(ctx, world):
-            summary = STAGES[stage].entry()(ctx) or {}
+            summary = spec.load()(ctx) or {}
     except BaseException as exc:
         # A preemption/timeout signal is not a failure: submitit requeues the job.
         state = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
@@ -143,7 +142,7 @@ def _process_group(ctx: StageContext, world: int) -> ContextManager:
     is torn down, so every rank has finished its part (the group's last collective) by then."""
     if world <= 1:
         return nullcontext()
-    from pipeline import distributed   # imports torch: only for stages that run data-parallel
+    from pipeline import distributed  # imports torch: only for stages that run data-parallel
 
     return distributed.process_group(ctx.device, ctx.log)
 

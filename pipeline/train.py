@@ -379,7 +379,7 @@ class Trainer:
     def save_best(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.rank != 0:
             return
-        from pipeline.models.registry import registered_name
+        from pipeline.model_registry import registered_name
 
         io.torch_save({
             "model_class": registered_name(self.model),
@@ -497,10 +497,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> n
     """Rebuild the model stored in a best.pt (class + kwargs + weights), in eval mode.
 
     The file is data, never code: its class must be one of the project's registered models
-    (``pipeline.models.registry``), built from plain values; anything else is a CheckpointError
+    (``pipeline.model_registry``), built from plain values; anything else is a CheckpointError
     naming the file.
     """
-    from pipeline.models.registry import CheckpointError, rebuild  # imports every model class
+    from pipeline.model_registry import CheckpointError, rebuild  # imports every model class
 
     path = Path(path)
     if not path.exists():

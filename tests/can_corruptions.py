@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.readers import LAYOUTS, CanLog, CanLogError, read_can_log
+from pipeline.can.data.readers import LAYOUTS, CanLog, CanLogError, read_can_log
 
 Op = tuple[str, float, int, bytes]
 

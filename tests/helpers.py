@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from pipeline import io
+from pipeline.can.data.cache import save_split
 from pipeline.config import Profile, load_profile
-from pipeline.data.cache import save_split
 from pipeline.runner import fingerprint_for
 from pipeline.runs import RunDir
 

@@ -109,9 +109,10 @@ def copy_cache(source: Path, target: Path) -> Path:
 @pytest.fixture(scope="session")
 def ci_cache(tmp_path_factory) -> Path:
     """data.cache_dir with the CI profile's graph cache built once, so every chain's preprocess is a no-op."""
-    from pipeline.config import load_profile
-    from pipeline.stages.preprocess import preprocess
     import logging
+
+    from pipeline.can.data.build import preprocess
+    from pipeline.config import load_profile
 
     root = tmp_path_factory.mktemp("ci-cache")
     profile = load_profile("ci", [f"data.cache_dir={root}"])

@@ -9,12 +9,12 @@ import re
 import pytest
 import torch
 
-from pipeline.data.cache import GraphSplit
-from pipeline.data.loader import GraphLoader
+from pipeline.can.classifier import class_weights, cross_entropy_loss, validate_classifier
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.loader import GraphLoader
+from pipeline.can.models.gat import GATWithJK
 from pipeline.errors import is_expected
-from pipeline.models.gat import GATWithJK
-from pipeline.models.registry import MODELS, CheckpointError
-from pipeline.stages.teacher import class_weights, cross_entropy_loss, validate_classifier
+from pipeline.model_registry import MODELS, CheckpointError
 from pipeline.train import Selection, Trainer, load_model, seed_everything
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split, tiny_profile
 
@@ -104,7 +104,7 @@ def test_kwargs_that_are_not_a_dict_or_do_not_fit_are_one_error(tmp_path):
 
 def test_checkpoints_naming_module_and_class_still_load(tmp_path):
     model = small_gat().eval()
-    path = save(tmp_path / "best.pt", "pipeline.models.gat:GATWithJK", model.model_kwargs, model.state_dict())
+    path = save(tmp_path / "best.pt", "pipeline.can.models.gat:GATWithJK", model.model_kwargs, model.state_dict())
     again = load_model(path)
     assert type(again) is GATWithJK and not again.training
     for name, tensor in model.state_dict().items():

@@ -15,7 +15,7 @@ import pytest
 
 from jobs.errors import LaunchError
 from pipeline.errors import InputError, UserError, is_expected, one_line
-from pipeline.models.registry import CheckpointError
+from pipeline.model_registry import CheckpointError
 from pipeline.runner import StageError
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -151,9 +151,9 @@ def test_plan_of_a_kg_profile_plans_its_training_stages(tmp_path):
 
 
 def test_input_errors_of_every_reader_and_loader_are_expected_and_bugs_are_not():
+    from pipeline.can.data.readers import CanLogError
+    from pipeline.can.data.splits import SplitError
     from pipeline.config import ProfileError
-    from pipeline.data.readers import CanLogError
-    from pipeline.data.splits import SplitError
     from pipeline.errors import MissingFileError
     from pipeline.kg.reader import KGInputError
 

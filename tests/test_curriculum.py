@@ -2,12 +2,12 @@
 import pytest
 import torch
 
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.inference import gather, plan_inference, run_chunked
+from pipeline.can.models.vgae import VGAE
+from pipeline.can.pacing import CurriculumLoader, admitted_fraction, difficulty_scores, pace, score_graphs
+from pipeline.can.plan import BatchPlan
 from pipeline.config import CurriculumConfig, ProfileError
-from pipeline.curriculum import CurriculumLoader, admitted_fraction, difficulty_scores, pace, score_graphs
-from pipeline.data.cache import GraphSplit
-from pipeline.inference import gather, plan_inference, run_chunked
-from pipeline.memory import BatchPlan
-from pipeline.models.vgae import VGAE
 from pipeline.runner import run_stage
 from pipeline.train import load_model
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split

@@ -18,9 +18,9 @@ import torch
 
 from jobs.stage_job import export_rank_environment
 from pipeline import distributed
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.loader import GraphLoader
 from pipeline.config import load_profile
-from pipeline.data.cache import GraphSplit
-from pipeline.data.loader import GraphLoader
 from pipeline.distributed import shard_positions
 from pipeline.runner import run_stage
 from pipeline.runs import RunDir
@@ -77,9 +77,9 @@ def test_sharded_loader_splits_each_epoch_deterministically(tmp_path):
 def _fit(cache: Path, out: Path, overrides: list[str], die_at_step: int | None = None) -> dict:
     """Train the teacher model on the synthetic cache in this process (a rank, if a group is up);
     ``die_at_step`` interrupts it there as a preemption would (every rank at the same step)."""
-    from pipeline.stages.teacher import build_model, cross_entropy_loss, validate_classifier
-    from pipeline.train import Selection, Trainer, seed_everything
     from pipeline import io
+    from pipeline.can.classifier import build_model, cross_entropy_loss, validate_classifier
+    from pipeline.train import Selection, Trainer, seed_everything
 
     profile = tiny_profile(["model.dropout=0.0", "train.epochs=3", "train.batch_size=16", *overrides])
     manifest = io.read_json(cache / "manifest.json")

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline import io
-from pipeline.data.cache import GraphSplit
+from pipeline.can.data.cache import GraphSplit
 from pipeline.runner import run_stage
 from pipeline.train import load_model
 from tests.kd_helpers import fresh_run

@@ -23,13 +23,12 @@ from jobs.resources import executor_parameters
 from jobs.selection import chain_dependencies, done_states, plan_resume
 from jobs.slurm import SacctJob, array_base, expand_array_record, parse_elapsed, parse_rss_mb, parse_sacct
 from jobs.stage_job import StageJob, limit_threads
-from jobs.sweep import group_submissions, sweep_profiles, sweep_runs
 from jobs.status import current_status, memory_plan_summary, resolve_state, stage_rows
+from jobs.sweep import group_submissions, sweep_profiles, sweep_runs
 from pipeline.config import load_profile
 from pipeline.runner import fingerprint_for
 from pipeline.runs import RunDir
 from tests.launch_helpers import table_lines
-
 
 CHAIN = ["preprocess", "teacher", "evaluate"]
 
@@ -274,7 +273,7 @@ def test_done_marker_with_other_inputs_is_stale_and_resources_are_not_inputs(tmp
 
 # -- resume selection --------------------------------------------------------------------------
 
-NEEDS = chain_dependencies(CHAIN)
+NEEDS = chain_dependencies("can", CHAIN)
 
 
 @pytest.mark.parametrize("done, queued, launch, keep", [

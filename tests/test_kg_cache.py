@@ -8,11 +8,15 @@ import pytest
 import torch
 
 from pipeline.config import load_profile
+from pipeline.kg.build import kg_preprocess
 from pipeline.kg.cache import SPLITS, CacheParams, KGGraph, build_cache
-from pipeline.kg.preprocess import kg_preprocess
 from pipeline.kg.reader import read_edges
-from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
-from tests.kg_helpers import primekg_row, small_graph, write_primekg
+from tests.kg_helpers import (
+    primekg_row,
+    single_thread,  # noqa: F401  (autouse fixture)
+    small_graph,
+    write_primekg,
+)
 
 D1, D2, D3 = (1, "D1", "drug", "a"), (2, "D2", "drug", "b"), (3, "D3", "drug", "c")
 G1, G2 = (10, "G1", "gene", "g1"), (11, "G2", "gene", "g2")

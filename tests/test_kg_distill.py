@@ -15,8 +15,11 @@ from pipeline.kg.loss import distill_loss, link_loss, soft_link_kd, validate_lin
 from pipeline.kg.reader import read_edges
 from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader
 from pipeline.kg.training import build_encoder
-from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
-from tests.kg_helpers import primekg_row, write_primekg
+from tests.kg_helpers import (
+    primekg_row,
+    single_thread,  # noqa: F401  (autouse fixture)
+    write_primekg,
+)
 
 TEACHER = KGNetConfig(kind="hgt", hidden=32, out=32, heads=4, layers=2, dropout=0.0)
 STUDENT = KGNetConfig(kind="sage", hidden=16, out=16, layers=2, dropout=0.0)

@@ -7,13 +7,14 @@ import torch
 
 from pipeline.config import KGNetConfig
 from pipeline.kg.loss import link_loss
-from pipeline.kg.plan import kg_plan_key, plan_kg_batches
+from pipeline.kg.plan import CompositionFit, kg_plan_key, plan_hetero_batches, plan_kg_batches
 from pipeline.kg.sampler import LinkBatchLoader
 from pipeline.kg.training import build_encoder
-from pipeline.memory import (CompositionFit, HeteroActivationFit, HeteroProbePoint, MemoryBudget, fit_hetero_line,
-                             measure_step_peak, plan_hetero_batches)
-from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
-from tests.kg_helpers import small_graph
+from pipeline.memory import HeteroActivationFit, HeteroProbePoint, MemoryBudget, fit_hetero_line, measure_step_peak
+from tests.kg_helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    small_graph,
+)
 
 MiB = 2**20
 

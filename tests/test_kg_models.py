@@ -6,12 +6,14 @@ import torch
 
 from pipeline.config import KGNetConfig, ProfileError, load_profile
 from pipeline.kg.inference import chunk_bounds, layerwise_embeddings
+from pipeline.kg.models.hgt import HGT
 from pipeline.kg.sampler import KGBatch, LinkBatchLoader
 from pipeline.kg.training import build_encoder
-from pipeline.models.hgt import HGT
 from pipeline.train import load_model
-from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
-from tests.kg_helpers import small_graph
+from tests.kg_helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    small_graph,
+)
 
 TINY = {"hgt": KGNetConfig(kind="hgt", hidden=16, out=24, heads=4, layers=2, dropout=0.0),
         "sage": KGNetConfig(kind="sage", hidden=16, out=24, layers=2, dropout=0.0),
@@ -93,7 +95,7 @@ def test_chunk_bounds_respect_both_budgets():
 
 def test_checkpoint_rebuilds_the_model(graph, tmp_path):
     model = build_encoder(TINY["hgt"], graph, align_dim=32)
-    torch.save({"model_class": "pipeline.models.hgt:HGT", "model_kwargs": model.model_kwargs,
+    torch.save({"model_class": "pipeline.kg.models.hgt:HGT", "model_kwargs": model.model_kwargs,
                 "state_dict": model.state_dict()}, tmp_path / "best.pt")
     again = load_model(tmp_path / "best.pt")
     assert isinstance(again, HGT) and again.align.out_features == 32
@@ -113,7 +115,7 @@ def test_dims_must_divide_by_heads_and_fanouts_cover_layers():
 def test_compact_hgt_conv_matches_pyg():
     from torch_geometric.nn import HGTConv
 
-    from pipeline.models.hgt import CompactHGTConv
+    from pipeline.kg.models.hgt import CompactHGTConv
 
     torch.manual_seed(0)
     meta = (["a", "b"], [("a", "r0", "b"), ("b", "r1", "a"), ("a", "r2", "a")])

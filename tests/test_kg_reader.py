@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_profile
-from pipeline.kg.preprocess import kg_preprocess
+from pipeline.kg.build import kg_preprocess
 from pipeline.kg.reader import KGInputError, read_edges
-from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
-from tests.kg_helpers import FIXTURE, HEADER, primekg_row, write_primekg
+from tests.kg_helpers import (
+    FIXTURE,
+    HEADER,
+    primekg_row,
+    single_thread,  # noqa: F401  (autouse fixture)
+    write_primekg,
+)
 
 DRUG_A = (10, "DB1", "drug", "aspirin")
 DRUG_B = (11, "DB2", "drug", "ibuprofen")

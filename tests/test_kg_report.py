@@ -7,10 +7,22 @@ import pytest
 import torch
 
 from pipeline.kg.loss import rank_metrics
-from pipeline.kg.report import (EmbeddingCollapsed, check_collapse, geometry, label_f1, link_prediction, markdown,
-                                mean_link_metrics, pca_plot, rank_held_out, sample_nodes)
-from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
-from tests.kg_helpers import small_graph
+from pipeline.kg.report import (
+    EmbeddingCollapsed,
+    check_collapse,
+    geometry,
+    label_f1,
+    link_prediction,
+    markdown,
+    mean_link_metrics,
+    pca_plot,
+    rank_held_out,
+    sample_nodes,
+)
+from tests.kg_helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    small_graph,
+)
 
 
 def test_healthy_and_collapsed_geometry(tmp_path):

@@ -5,10 +5,19 @@ import pytest
 import torch
 
 import pipeline.kg.sampler as sampler_mod
-from pipeline.kg.sampler import (LinkBatchLoader, LinkEvalLoader, PygNeighborSampler, TorchNeighborSampler,
-                                 allocate_seeds, corrupt, make_neighbor_sampler)
-from tests.kg_helpers import single_thread  # noqa: F401  (autouse fixture)
-from tests.kg_helpers import small_graph
+from pipeline.kg.sampler import (
+    LinkBatchLoader,
+    LinkEvalLoader,
+    PygNeighborSampler,
+    TorchNeighborSampler,
+    allocate_seeds,
+    corrupt,
+    make_neighbor_sampler,
+)
+from tests.kg_helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    small_graph,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,16 @@ import pytest
 import torch
 
 from pipeline import memory
-from pipeline.memory import (ActivationFit, LiveTensorTracker, MemoryBudget, ProbePoint, fit_line,
-                             measure_activation_cost, plan_batches)
+from pipeline.can import plan as can_plan
+from pipeline.can.plan import plan_batches
+from pipeline.memory import (
+    ActivationFit,
+    LiveTensorTracker,
+    MemoryBudget,
+    ProbePoint,
+    fit_line,
+    measure_activation_cost,
+)
 
 
 def test_tracker_counts_live_bytes_and_peak():
@@ -152,17 +160,17 @@ def test_plan_round_trips_through_run_dir(tmp_path):
     b = budget()
     b.activation.points = [ProbePoint(1, 2, 3)]
     plan = plan_batches(b, 20, 100)
-    memory.save_plan(tmp_path / "plan.json", b, plan, key="k1")
-    loaded = memory.load_plan(tmp_path / "plan.json", key="k1")
+    can_plan.save_plan(tmp_path / "plan.json", b, plan, key="k1")
+    loaded = can_plan.load_plan(tmp_path / "plan.json", key="k1")
     assert loaded is not None and loaded[1] == plan and loaded[0].activation.points[0].peak_bytes == 3
-    assert memory.load_plan(tmp_path / "plan.json", key="other") is None
+    assert can_plan.load_plan(tmp_path / "plan.json", key="other") is None
 
 
 # -- planning a real model -----------------------------------------------------------
 
 def _gat_and_split(layers=3):
-    from pipeline.data.cache import GraphSplit
-    from pipeline.models.gat import GATWithJK
+    from pipeline.can.data.cache import GraphSplit
+    from pipeline.can.models.gat import GATWithJK
     from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split
 
     torch.manual_seed(0)
@@ -200,19 +208,19 @@ def test_planner_turns_on_checkpointing_when_the_plan_is_too_small(tmp_path):
     # tensors only: the arithmetic below sizes the budget for a number of graphs
     plan_args = dict(model=model, split=split, loss_fn=_ce, device=torch.device("cpu"), safety_factor=0.9,
                      max_graphs=10_000, count_process=False, log=lambda m: None)
-    _, roomy = memory.plan_graph_batches(**plan_args, plan_path=tmp_path / "a.json", key="a", target_gb=1.0)
+    _, roomy = can_plan.plan_graph_batches(**plan_args, plan_path=tmp_path / "a.json", key="a", target_gb=1.0)
     assert not roomy.checkpointing and not model.gradient_checkpointing
     # a budget with room for about 8 graphs without recomputation (below USEFUL_GRAPHS)
     per_graph = roomy.predicted_bytes / roomy.graphs
     static = sum(v for k, v in memory.static_costs(model).items() if not k.startswith("of which"))
     tight_gb = (8 * per_graph + static) / (0.9 - memory.FRAGMENTATION) / 2**30
-    budget, tight = memory.plan_graph_batches(**plan_args, plan_path=tmp_path / "b.json", key="b", target_gb=tight_gb)
+    budget, tight = can_plan.plan_graph_batches(**plan_args, plan_path=tmp_path / "b.json", key="b", target_gb=tight_gb)
     assert tight.checkpointing and model.gradient_checkpointing
     assert tight.graphs > 9      # recomputing the layers buys room for more graphs in the same budget
     assert "gradient checkpointing" in budget.activation.mode
     # the cached plan restores the switch on the model
     model.gradient_checkpointing = False
-    memory.plan_graph_batches(**plan_args, plan_path=tmp_path / "b.json", key="b", target_gb=tight_gb)
+    can_plan.plan_graph_batches(**plan_args, plan_path=tmp_path / "b.json", key="b", target_gb=tight_gb)
     assert model.gradient_checkpointing
 
 
@@ -234,7 +242,7 @@ def test_cpu_plan_counts_the_process_as_a_static_line(tmp_path):
     model, split = _gat_and_split()
     args = dict(model=model, split=split, loss_fn=_ce, device=torch.device("cpu"), safety_factor=0.9,
                 max_graphs=10_000, target_gb=2.0, log=lambda m: None)
-    budget, plan = memory.plan_graph_batches(**args, plan_path=tmp_path / "a.json", key="a")
+    budget, plan = can_plan.plan_graph_batches(**args, plan_path=tmp_path / "a.json", key="a")
     baseline = budget.static["interpreter and libraries (RSS)"]
     assert baseline > 50 * memory.MiB
     assert budget.static["graph cache pages (host)"] == memory.tensor_bytes(split.t.values()) > 0
@@ -242,7 +250,7 @@ def test_cpu_plan_counts_the_process_as_a_static_line(tmp_path):
     assert "interpreter and libraries (RSS)" in budget.table() and "host allocator slack" in budget.table()
     assert plan.predicted_bytes <= budget.usable_for_activations
     # the same plan for tensors only leaves the process's share to activations
-    tensors, _ = memory.plan_graph_batches(**args, plan_path=tmp_path / "b.json", key="b", count_process=False)
+    tensors, _ = can_plan.plan_graph_batches(**args, plan_path=tmp_path / "b.json", key="b", count_process=False)
     assert "interpreter and libraries (RSS)" not in tensors.static and "host allocator slack" not in tensors.fixed
     host_share = baseline + budget.static["graph cache pages (host)"] + budget.fixed["host allocator slack"]
     assert tensors.usable_for_activations - budget.usable_for_activations == host_share
@@ -252,10 +260,10 @@ def test_cpu_budget_smaller_than_the_process_is_refused(tmp_path):
     model, split = _gat_and_split()
     tiny_gb = 0.5 * memory.process_baseline(model) / 2**30
     with pytest.raises(MemoryError, match="exceeds the budget"):
-        memory.plan_graph_batches(model, split, _ce, torch.device("cpu"), 0.9, 10_000, tmp_path / "p.json", "k",
+        can_plan.plan_graph_batches(model, split, _ce, torch.device("cpu"), 0.9, 10_000, tmp_path / "p.json", "k",
                                   target_gb=tiny_gb, log=lambda m: None)
     # the same size as a tensor-only budget (an accelerator's) does plan: the process made the difference
-    _, plan = memory.plan_graph_batches(model, split, _ce, torch.device("cpu"), 0.9, 10_000, tmp_path / "q.json",
+    _, plan = can_plan.plan_graph_batches(model, split, _ce, torch.device("cpu"), 0.9, 10_000, tmp_path / "q.json",
                                         "k", target_gb=tiny_gb, count_process=False, log=lambda m: None)
     assert plan.graphs >= 1
 
@@ -275,11 +283,11 @@ def test_plan_key_changes_with_the_device_total(monkeypatch):
     model, split = _gat_and_split()
     cpu = torch.device("cpu")
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "512")
-    small = memory.plan_key(model, split, cpu, 0.9, 64)
-    assert memory.plan_key(model, split, cpu, 0.9, 64) == small            # stable for the same limit
+    small = can_plan.plan_key(model, split, cpu, 0.9, 64)
+    assert can_plan.plan_key(model, split, cpu, 0.9, 64) == small            # stable for the same limit
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "1024")
-    assert memory.plan_key(model, split, cpu, 0.9, 64) != small
-    assert memory.plan_key(model, split, cpu, 0.9, 64, target_gb=1.0) != memory.plan_key(
+    assert can_plan.plan_key(model, split, cpu, 0.9, 64) != small
+    assert can_plan.plan_key(model, split, cpu, 0.9, 64, target_gb=1.0) != can_plan.plan_key(
         model, split, cpu, 0.9, 64, target_gb=2.0)
 
 
@@ -288,13 +296,13 @@ def test_resume_with_more_memory_plans_again(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     plan_path = tmp_path / "memory_plan.json"
 
-    def stage_plan(mem_mb: int) -> tuple[memory.MemoryBudget, memory.BatchPlan, list[str]]:
+    def stage_plan(mem_mb: int) -> tuple[memory.MemoryBudget, can_plan.BatchPlan, list[str]]:
         # the key and the budget from the job's --mem, as in a stage under SLURM (tensor-only budget,
         # so that a few hundred MB plan without the test process's own footprint)
         monkeypatch.setenv("SLURM_MEM_PER_NODE", str(mem_mb))
         messages: list[str] = []
-        key = memory.plan_key(model, split, cpu, 0.9, 10_000)
-        budget, plan = memory.plan_graph_batches(model, split, _ce, cpu, 0.9, 10_000, plan_path, key,
+        key = can_plan.plan_key(model, split, cpu, 0.9, 10_000)
+        budget, plan = can_plan.plan_graph_batches(model, split, _ce, cpu, 0.9, 10_000, plan_path, key,
                                                  count_process=False, log=messages.append)
         return budget, plan, messages
 
@@ -304,7 +312,7 @@ def test_resume_with_more_memory_plans_again(tmp_path, monkeypatch):
     bigger, large, messages = stage_plan(1024)
     assert not any("reused" in m for m in messages)
     assert bigger.total == 1024 * memory.MiB and large.max_nodes > 3 * small.max_nodes
-    assert memory.load_plan(plan_path, memory.plan_key(model, split, cpu, 0.9, 10_000))[1] == large
+    assert can_plan.load_plan(plan_path, can_plan.plan_key(model, split, cpu, 0.9, 10_000))[1] == large
 
 
 def test_kg_plan_key_changes_with_the_device_total(monkeypatch):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline.data.cache import GraphSplit
-from pipeline.models.gat import GATWithJK, count_parameters
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.models.gat import GATWithJK, count_parameters
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split
 
 

@@ -5,10 +5,10 @@ import logging
 import pytest
 import torch
 
-from pipeline.data.cache import GraphSplit
-from pipeline.data.loader import GraphLoader, validation_loader
-from pipeline.models.gat import GATWithJK
-from pipeline.stages.teacher import cross_entropy_loss, validate_classifier
+from pipeline.can.classifier import cross_entropy_loss, validate_classifier
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.loader import GraphLoader, validation_loader
+from pipeline.can.models.gat import GATWithJK
 from pipeline.train import Trainer, seed_everything
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split, tiny_profile
 

@@ -1,6 +1,6 @@
 """make plan: budget and batch plan for the profile's target device, from a CPU machine."""
+from pipeline.can.preflight import preflight, render
 from pipeline.config import load_profile
-from pipeline.preflight import preflight, render
 
 
 def test_plan_targets_the_profile_gpu_without_one():

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from pipeline import io
+from pipeline.can.data import build as stage
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.readers import CanLogError
+from pipeline.can.data.splits import SplitError, discover_sources, train_val_rows
 from pipeline.config import load_profile
-from pipeline.data.cache import GraphSplit
-from pipeline.data.readers import CanLogError
-from pipeline.data.splits import SplitError, discover_sources, train_val_rows
 from pipeline.runner import run_stage
 from pipeline.runs import RunDir
-from pipeline.stages import preprocess as stage
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "hcrl_sa"
 SCENARIOS = ["test_01_known_vehicle_known_attack", "test_02_unknown_vehicle_known_attack",

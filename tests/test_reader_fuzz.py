@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from pipeline.can.data.build import preprocess
+from pipeline.can.data.readers import LAYOUTS, CanLogError
 from pipeline.config import load_profile
-from pipeline.data.readers import LAYOUTS, CanLogError
-from pipeline.stages.preprocess import preprocess
 from tests.can_corruptions import CASES, LAYOUT_OF, LIMITS, NASTY, SUFFIX, Op, RuleBroken, build, judge, ops_for
 
 FUZZ = settings(max_examples=400, deadline=None, derandomize=True, database=None,

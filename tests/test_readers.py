@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.readers import CanLogError, detect_layout, read_can_log
+from pipeline.can.data.readers import CanLogError, detect_layout, read_can_log
 
 CTT_HEADER = "timestamp,arbitration_id,data_field,attack\n"
 
@@ -472,7 +472,7 @@ def tiny_profile(tmp_path: Path, *overrides: str):
 
 
 def test_data_columns_in_the_profile_reaches_the_reader_and_the_cache_key(tmp_path):
-    from pipeline.stages.preprocess import preprocess
+    from pipeline.can.data.build import preprocess
 
     rows = "".join(f"{i}.0,{0x100 + i % 3:X},0{i % 8}00,{'Attack' if i % 5 == 0 else 'Normal'}\n" for i in range(12))
     table = pa.table({"Time": [float(i) for i in range(8)], "CAN ID": pa.array([0x100 + i % 3 for i in range(8)],
@@ -510,7 +510,7 @@ def test_data_columns_is_validated_when_the_profile_loads(tmp_path, overrides, r
 
 
 def test_padded_rows_are_counted_in_the_manifest(tmp_path):
-    from pipeline.stages.preprocess import preprocess
+    from pipeline.can.data.build import preprocess
 
     rows = [f"1478198376.{i:06d},05f0,2,0{i % 8},00,00,00,00,00,00,00,R" if i % 3 == 0 else
             f"1478198376.{i:06d},0316,2,05,21,T" for i in range(12)]

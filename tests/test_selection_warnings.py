@@ -10,16 +10,22 @@ from pathlib import Path
 
 from jobs.status import status_report
 from pipeline import io
-from pipeline.data.cache import GraphSplit, save_split
-from pipeline.data.loader import GraphLoader
-from pipeline.models.gat import GATWithJK
+from pipeline.can.classifier import cross_entropy_loss
+from pipeline.can.data.cache import GraphSplit, save_split
+from pipeline.can.data.loader import GraphLoader
+from pipeline.can.models.gat import GATWithJK
 from pipeline.runner import run_stage
 from pipeline.stage_warnings import stage_warnings
-from pipeline.stages.teacher import cross_entropy_loss
 from pipeline.train import Selection, Trainer
-from tests.helpers import (EDGE_FEATURES, NODE_FEATURES, VOCAB, run_with_cache, synthetic_split, tiny_profile,
-                           write_synthetic_cache)
-
+from tests.helpers import (
+    EDGE_FEATURES,
+    NODE_FEATURES,
+    VOCAB,
+    run_with_cache,
+    synthetic_split,
+    tiny_profile,
+    write_synthetic_cache,
+)
 
 # -- the training loop ---------------------------------------------------------------------------
 

@@ -7,8 +7,17 @@ import json
 
 import pytest
 
-from tests.launch_helpers import (CHAIN, cancel_on_failure, job_ids, only_run, results, run_cli, stage_states,
-                                  wait_jobs_ended, wait_settled)
+from tests.launch_helpers import (
+    CHAIN,
+    cancel_on_failure,
+    job_ids,
+    only_run,
+    results,
+    run_cli,
+    stage_states,
+    wait_jobs_ended,
+    wait_settled,
+)
 
 pytest_plugins = ["tests.slurm_cluster"]
 pytestmark = pytest.mark.slurm

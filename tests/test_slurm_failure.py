@@ -13,8 +13,16 @@ import pytest
 
 from jobs.records import latest_records
 from jobs.status import status_report
-from tests.launch_helpers import (CHAIN, cancel_on_failure, copy_cache, job_ids, only_run, run_cli, wait_jobs_ended,
-                                  wait_settled)
+from tests.launch_helpers import (
+    CHAIN,
+    cancel_on_failure,
+    copy_cache,
+    job_ids,
+    only_run,
+    run_cli,
+    wait_jobs_ended,
+    wait_settled,
+)
 
 pytest_plugins = ["tests.slurm_cluster"]
 pytestmark = pytest.mark.slurm

@@ -17,7 +17,7 @@ import pytest
 
 from jobs.records import latest_records
 from jobs.status import status_report
-from pipeline.memory import GiB, MEMORY_GB_ENV
+from pipeline.memory import MEMORY_GB_ENV, GiB
 from tests.launch_helpers import cancel_on_failure, job_ids, only_run, run_cli, wait_jobs_ended, wait_settled
 
 pytest_plugins = ["tests.slurm_cluster"]

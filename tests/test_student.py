@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import distill
-from pipeline.data.cache import GraphSplit
-from pipeline.data.loader import GraphLoader
-from pipeline.distill import (GAT_TEACHER, CachedTeacher, LiveTeacher, OutputCache, TeacherOutputLoader, kd_loss,
-                              kd_term, node_rows)
-from pipeline.models.gat import GATWithJK
+from pipeline.can import distill
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.loader import GraphLoader
+from pipeline.can.distill import (
+    GAT_TEACHER,
+    CachedTeacher,
+    LiveTeacher,
+    OutputCache,
+    TeacherOutputLoader,
+    kd_loss,
+    kd_term,
+    node_rows,
+)
+from pipeline.can.models.gat import GATWithJK
 from pipeline.runner import run_stage
 from pipeline.train import Trainer
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split
@@ -180,7 +188,7 @@ def test_killed_mid_epoch_resumes_without_recomputing_teacher_outputs_or_scores(
     assert len(cache_files) == 1
     stamp = cache_files[0].stat().st_mtime_ns
     with monkeypatch.context() as m:
-        _forbid(m, "pipeline.stages.student.compute_teacher_outputs", "the teacher cache")
+        _forbid(m, "pipeline.can.students.compute_teacher_outputs", "the teacher cache")
         result = run_stage(run.path, "student")
     assert cache_files[0].stat().st_mtime_ns == stamp and result["teacher_cache_computed"] is False
     log = (run.path / "student" / "log").read_text()
@@ -196,8 +204,8 @@ def test_killed_mid_epoch_resumes_without_recomputing_teacher_outputs_or_scores(
     assert len(scores) == 1
     stamp = scores[0].stat().st_mtime_ns
     with monkeypatch.context() as m:
-        _forbid(m, "pipeline.curriculum.plan_inference", "the difficulty scoring")
-        _forbid(m, "pipeline.stages.student.compute_teacher_outputs", "the teacher cache")
+        _forbid(m, "pipeline.can.pacing.plan_inference", "the difficulty scoring")
+        _forbid(m, "pipeline.can.students.compute_teacher_outputs", "the teacher cache")
         resumed = run_stage(run.path, "curriculum")
     assert scores[0].stat().st_mtime_ns == stamp and resumed["difficulty_computed"] is False
     assert "resuming from" in (run.path / "curriculum" / "log").read_text()

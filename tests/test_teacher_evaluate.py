@@ -3,8 +3,9 @@ import json
 
 import pytest
 
+from pipeline.can.metrics import classification_metrics
+from pipeline.can.stages.evaluate import inference_node_cap, markdown_table
 from pipeline.runner import StageError, run_stage
-from pipeline.stages.evaluate import classification_metrics, inference_node_cap, markdown_table
 from tests.helpers import run_with_cache, tiny_profile, write_synthetic_cache
 
 

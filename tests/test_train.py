@@ -5,10 +5,10 @@ import logging
 import pytest
 import torch
 
-from pipeline.data.cache import GraphSplit
-from pipeline.data.loader import GraphLoader, budget_boundaries
-from pipeline.models.gat import GATWithJK
-from pipeline.stages.teacher import class_weights, cross_entropy_loss, validate_classifier
+from pipeline.can.classifier import class_weights, cross_entropy_loss, validate_classifier
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.loader import GraphLoader, budget_boundaries
+from pipeline.can.models.gat import GATWithJK
 from pipeline.train import Selection, Trainer, load_model, predict, seed_everything
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split, tiny_profile
 

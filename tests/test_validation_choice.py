@@ -11,15 +11,15 @@ from hypothesis import strategies as st
 
 from jobs.status import status_report
 from pipeline import io
+from pipeline.can.data.build import window_train_file
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.readers import CanLog
+from pipeline.can.data.splits import choose_validation, train_val_rows, window_labels
+from pipeline.can.data.windows import num_windows
 from pipeline.config import load_profile
-from pipeline.data.cache import GraphSplit
-from pipeline.data.readers import CanLog
-from pipeline.data.splits import choose_validation, train_val_rows, window_labels
-from pipeline.data.windows import num_windows
 from pipeline.runner import run_stage
 from pipeline.runs import RunDir
 from pipeline.stage_warnings import stage_warnings
-from pipeline.stages.preprocess import window_train_file
 
 WINDOW = 20
 IDS = np.array([0x110, 0x2A0, 0x316, 0x370])

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from pipeline.data.cache import GraphSplit
-from pipeline.models.vgae import VGAE, probe_pairs
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.detector import choose_threshold
+from pipeline.can.models.vgae import VGAE, probe_pairs
 from pipeline.runner import run_stage
-from pipeline.stages.autoencoder import choose_threshold
 from pipeline.train import load_model
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split
 from tests.kd_helpers import upstream_run

@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.cache import GraphSplit, save_split
-from pipeline.data.readers import CanLog
-from pipeline.data.windows import (EDGE_FEATURES, NODE_FEATURES, build_graphs, build_graphs_raw, concat_graphs,
-                                   fit_vocab, num_windows, with_vocab)
+from pipeline.can.data.cache import GraphSplit, save_split
+from pipeline.can.data.readers import CanLog
+from pipeline.can.data.windows import (
+    EDGE_FEATURES,
+    NODE_FEATURES,
+    build_graphs,
+    build_graphs_raw,
+    concat_graphs,
+    fit_vocab,
+    num_windows,
+    with_vocab,
+)
 
 A, B, C, D = 0x100, 0x200, 0x300, 0x7FF
 
@@ -154,7 +162,7 @@ def test_matches_per_window_reference(window, stride, rows):
 def test_chunked_build_equals_single_pass(monkeypatch):
     log = random_log(np.random.default_rng(1), 2000, 30)
     whole = build_graphs_raw(log, 10, 4)
-    monkeypatch.setattr("pipeline.data.windows.CHUNK_WINDOWS", 7)
+    monkeypatch.setattr("pipeline.can.data.windows.CHUNK_WINDOWS", 7)
     chunked = build_graphs_raw(log, 10, 4)
     for key in whole:
         assert torch.equal(whole[key], chunked[key]), key
@@ -166,7 +174,7 @@ def test_long_log_is_bit_identical_whatever_the_chunking(monkeypatch, chunk):
     # features differently from the single pass (both did before they were replaced).
     log = random_log(np.random.default_rng(5), 60_000, 40)
     whole = build_graphs_raw(log, 10, 4)
-    monkeypatch.setattr("pipeline.data.windows.CHUNK_WINDOWS", chunk)
+    monkeypatch.setattr("pipeline.can.data.windows.CHUNK_WINDOWS", chunk)
     chunked = build_graphs_raw(log, 10, 4)
     for key in whole:
         assert torch.equal(whole[key], chunked[key]), key

@@ -2,7 +2,8 @@
 encoders train on sampled subgraphs, and embeddings are exported by layer-wise inference.
 
 Modules, in data-flow order: ``reader`` (kg.csv and typed edge lists), ``generator`` (synthetic
-PrimeKG-shaped graphs), ``cache`` (the on-disk heterogeneous graph), ``sampler`` (sampled link
-batches), ``loss``, ``plan`` (memory plan per node and edge type), ``training`` (teacher and
-student stages), ``inference`` (layer-wise, chunked), ``report`` and ``export``.
+PrimeKG-shaped graphs), ``cache`` and ``build`` (the on-disk heterogeneous graph), ``sampler``
+(sampled link batches), ``models`` (HGT, GraphSAGE and their base), ``loss``, ``plan`` (memory plan
+per node and edge type), ``training`` (what the teacher and student stages train), ``inference``
+(layer-wise, chunked), ``report``, ``embeddings``, ``preflight`` (``make plan``) and ``stages``.
 """

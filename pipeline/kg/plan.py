@@ -12,16 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from pipeline import io
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.sampler import LinkBatchLoader, allocate_seeds
-from pipeline.memory import (HeteroBatchPlan, MemoryBudget, _fmt, device_memory, fit_composition, fixed_overhead,
-                             host_process_lines, load_hetero_plan, measure_hetero_activation_cost, plan_hetero_batches,
-                             process_baseline, save_hetero_plan, static_costs)
+from pipeline.memory import (
+    HeteroActivationFit,
+    HeteroProbePoint,
+    MemoryBudget,
+    _fmt,
+    cached_plan,
+    device_memory,
+    fixed_overhead,
+    host_process_lines,
+    measure_hetero_activation_cost,
+    process_baseline,
+    static_costs,
+)
 
 PROBE_SEEDS = (16, 32, 64, 128)
 SKEWED_PROBES = 4
@@ -119,3 +131,93 @@ def describe_plan(graph: KGGraph, plan: HeteroBatchPlan) -> str:
 def plan_summary(plan: HeteroBatchPlan) -> dict[str, Any]:
     return {"seed_edges": plan.seed_edges, "reason": plan.reason, "nodes_per_type": plan.nodes,
             "predicted_mb": round(plan.predicted_bytes / 2**20, 1)}
+
+
+@dataclass
+class CompositionFit:
+    """Expected batch content as a line in the seed count, capped at the graph's totals.
+
+    Linear in the seeds overestimates large batches (their neighbourhoods overlap more), which
+    errs on the safe side.
+    """
+
+    node_line: dict[str, tuple[float, float]]
+    """Node type -> (intercept, slope) of nodes per batch against seed edges."""
+    edge_line: dict[str, tuple[float, float]]
+    node_cap: dict[str, int]
+    edge_cap: dict[str, int]
+
+    def at(self, seeds: int) -> tuple[dict[str, float], dict[str, float]]:
+        nodes = {t: min(a + b * seeds, self.node_cap.get(t, np.inf)) for t, (a, b) in self.node_line.items()}
+        edges = {r: min(a + b * seeds, self.edge_cap.get(r, np.inf)) for r, (a, b) in self.edge_line.items()}
+        return nodes, edges
+
+
+def fit_composition(seeds: list[int], points: list[HeteroProbePoint], node_cap: dict[str, int],
+                    edge_cap: dict[str, int]) -> CompositionFit:
+    def line(values: list[float]) -> tuple[float, float]:
+        x, y = np.asarray(seeds, dtype=float), np.asarray(values, dtype=float)
+        if np.ptp(x) == 0:
+            return 0.0, float(y.mean() / max(x.mean(), 1))
+        slope, intercept = np.polyfit(x, y, 1)
+        if slope < 0:
+            return float(y.max()), 0.0
+        return max(float(intercept), 0.0), float(slope)
+
+    node_types = sorted({t for p in points for t in p.nodes})
+    edge_types = sorted({r for p in points for r in p.edges})
+    return CompositionFit({t: line([p.nodes.get(t, 0) for p in points]) for t in node_types},
+                          {r: line([p.edges.get(r, 0) for p in points]) for r in edge_types},
+                          dict(node_cap), dict(edge_cap))
+
+
+@dataclass
+class HeteroBatchPlan:
+    """Seed edges per step (and per edge type), the batch sizes per node type they lead to, and why."""
+
+    seed_edges: int
+    seeds_per_edge_type: dict[str, int]
+    nodes: dict[str, int]
+    """Expected nodes of each type in a batch: the batch size per node type."""
+    edges: dict[str, int]
+    predicted_bytes: int
+    reason: str
+
+
+def plan_hetero_batches(budget: MemoryBudget, fit: HeteroActivationFit, composition: CompositionFit,
+                        allocate: Callable[[int], dict[str, int]], max_seed_edges: int) -> HeteroBatchPlan:
+    """The most seed edges per step (up to ``max_seed_edges``) whose predicted peak fits the budget."""
+    usable = budget.usable_for_activations
+
+    def predicted(seeds: int) -> float:
+        return fit.predict(*composition.at(seeds))
+
+    if usable <= 0 or predicted(1) > usable:
+        raise MemoryError(
+            f"a batch of one seed edge needs {_fmt(predicted(1))} but only {_fmt(max(usable, 0))} is left for "
+            f"activations after {_fmt(budget.static_total + budget.fixed_total)} of static memory: lower "
+            "kg_model dims or kg.fanouts, or request more memory")
+    lo, hi = 1, max(1, max_seed_edges)
+    if predicted(hi) <= usable:
+        lo, reason = hi, "capped by kg.max_seed_edges"
+    else:
+        reason = "memory budget"
+        while lo < hi - 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if predicted(mid) <= usable else (lo, mid)
+    nodes, edges = composition.at(lo)
+    return HeteroBatchPlan(seed_edges=lo, seeds_per_edge_type=allocate(lo), nodes={t: int(n) for t, n in nodes.items()},
+                           edges={r: int(e) for r, e in edges.items()}, predicted_bytes=int(predicted(lo)),
+                           reason=reason)
+
+
+def save_hetero_plan(path: str | os.PathLike, budget: MemoryBudget, fit: HeteroActivationFit,
+                     composition: CompositionFit, plan: HeteroBatchPlan, key: str) -> None:
+    io.write_json(path, {"key": key, "budget": asdict(budget), "fit": asdict(fit),
+                         "composition": asdict(composition), "plan": asdict(plan)})
+
+
+def load_hetero_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, HeteroBatchPlan] | None:
+    """The cached plan for ``key`` (model, graph, device, budget), or None."""
+    cached = cached_plan(path, key)
+    return None if cached is None else (cached[0], HeteroBatchPlan(**cached[1]))

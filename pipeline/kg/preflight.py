@@ -19,12 +19,12 @@ import torch
 
 from pipeline.config import Profile
 from pipeline.errors import UserError
+from pipeline.kg.build import kg_preprocess
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.loss import with_label_term
-from pipeline.kg.plan import describe_plan, kg_plan_key, plan_kg_batches
-from pipeline.kg.preprocess import kg_preprocess
+from pipeline.kg.plan import HeteroBatchPlan, describe_plan, kg_plan_key, plan_kg_batches
 from pipeline.kg.training import encoder_for_profile, student_loss, teacher_loss, train_loader
-from pipeline.memory import HeteroBatchPlan, MemoryBudget
+from pipeline.memory import MemoryBudget
 
 TRAINING_STAGES = ("teacher", "student")
 
@@ -39,7 +39,7 @@ class KGStagePlan:
 
 def kg_preflight(profile: Profile, log: logging.Logger | None = None) -> tuple[KGGraph, list[KGStagePlan]]:
     """The graph the chain trains on, and the plan of each of its training stages."""
-    log = log or logging.getLogger("pipeline.preflight")
+    log = log or logging.getLogger("pipeline.can.preflight")
     graph = KGGraph.open(kg_preprocess(profile, log)["cache_dir"])
     kg, cpu = profile.kg, torch.device("cpu")
     plans = []
@@ -89,3 +89,8 @@ def render_kg(profile: Profile, graph: KGGraph, plans: list[KGStagePlan]) -> str
             out.append("warning: fewer than 64 seed edges per step; raise safety_factor, lower kg_model dims or "
                        "kg.fanouts, or request a larger GPU\n")
     return "\n".join(out)
+
+
+def plan_report(profile: Profile) -> str:
+    """What ``make plan`` prints: the plan of the teacher and student stages of the profile's chain."""
+    return render_kg(profile, *kg_preflight(profile))

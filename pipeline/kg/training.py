@@ -20,14 +20,14 @@ from pipeline.config import KGNetConfig
 from pipeline.errors import InputError
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.loss import distill_loss, link_loss, validate_links, with_label_term
+from pipeline.kg.models.base import KGEncoder
+from pipeline.kg.models.hgt import HGT
+from pipeline.kg.models.sage import HeteroSAGE
 from pipeline.kg.plan import describe_plan, kg_plan_key, plan_kg_batches, plan_summary
 from pipeline.kg.report import label_split, read_labels
 from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader
 from pipeline.memory import MiB
-from pipeline.models.hgt import HGT
-from pipeline.models.kg_base import KGEncoder
-from pipeline.models.sage import HeteroSAGE
-from pipeline.train import Selection, Trainer, configure_threads, load_model, seed_everything
+from pipeline.train import Selection, Trainer
 
 SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min", profile_key="kg.val_fraction")
 VAL_BATCH_EDGES = 256
@@ -108,33 +108,6 @@ def train_loader(profile, graph: KGGraph, model: KGEncoder) -> LinkBatchLoader:
     kg = profile.kg
     return LinkBatchLoader(graph, kg.max_seed_edges, kg.fanouts[:model.num_layers], kg.neg_ratio, profile.train.seed,
                            kg.steps_per_epoch, kg.sampler)
-
-
-def run_kg_teacher(ctx) -> dict[str, Any]:
-    configure_threads(ctx.profile.train.threads)
-    graph = open_graph(ctx)
-    seed_everything(ctx.profile.train.seed)
-    model, targets = encoder_for_profile(ctx.profile, ctx.profile.kg_model.teacher, graph)
-    return {**fit_encoder(ctx, graph, model, teacher_loss(ctx.profile), label_targets=targets), "role": "teacher"}
-
-
-def run_kg_student(ctx) -> dict[str, Any]:
-    configure_threads(ctx.profile.train.threads)
-    graph = open_graph(ctx)
-    device = ctx.device
-    # on the training device: it runs on every batch; on the host its parameters are part of the
-    # process's resident baseline that the memory plan measures
-    teacher = load_model(ctx.upstream["teacher"]["best_checkpoint"], device="cpu").to(device).eval()
-    seed_everything(ctx.profile.train.seed)
-    model, targets = encoder_for_profile(ctx.profile, ctx.profile.kg_model.student, graph, align_dim=teacher.out_dim)
-    distill = ctx.profile.distill
-    summary = fit_encoder(ctx, graph, model, student_loss(ctx.profile, teacher), teacher=teacher,
-                          label_targets=targets)
-    ratio = count_parameters(model) / max(count_parameters(teacher), 1)
-    ctx.log.info("student: %d parameters, %.3f of the teacher's %d", count_parameters(model), ratio,
-                 count_parameters(teacher))
-    return {**summary, "role": "student", "teacher_params": count_parameters(teacher),
-            "param_ratio": round(ratio, 4), "distill": {"alpha": distill.alpha, "temperature": distill.temperature}}
 
 
 def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.nn.Module | None = None,

@@ -1,0 +1,261 @@
+"""Raw CAN logs -> window graphs cached per split, keyed by inputs and parameters (the preprocess stage).
+
+The cache lives in ``<data.cache_dir>/<key>/`` where the key hashes the content of every source
+file and every parameter that changes the graphs, so runs share a cache and the same inputs make
+this stage a no-op. It is built in a temporary folder and renamed into place in one step: a job
+killed halfway never leaves a cache that looks complete.
+
+Each file is windowed as soon as it is parsed (keeping raw CAN ids) and its columns are dropped, so
+memory holds the graphs plus the columns of at most ``PREFETCH + 1`` files, never the whole
+dataset. The vocabulary, fit on the train part of the train files only, is applied when a split is
+written.
+
+Validation is a time-contiguous block of each train file, chosen from that file's labels
+(``pipeline.can.data.splits.choose_validation``); the manifest records each file's block and attack
+windows, and every split's label histogram is logged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import io
+from pipeline.can.data.cache import save_split
+from pipeline.can.data.readers import READER_VERSION, CanLog, RawCanLog, load_can_log
+from pipeline.can.data.splits import SPLIT_VERSION, SourceFile, ValidationBlock, choose_validation, discover_sources
+from pipeline.can.data.windows import (
+    EDGE_FEATURES,
+    FEATURE_VERSION,
+    NODE_FEATURES,
+    build_graphs_raw,
+    concat_graphs,
+    empty_graphs,
+    fit_vocab,
+    with_vocab,
+)
+from pipeline.config import DataConfig, Profile
+from pipeline.stage_warnings import record_warning
+
+PREFETCH = 2
+"""Files tokenized ahead of the one being windowed, so the tokenizers rarely wait (bounds memory)."""
+
+
+LOADERS = 2
+"""Files tokenized at once (each tokenizer is single-threaded, to know the line of a malformed row)."""
+
+
+WRITERS = 2
+"""Splits assembled and written at once (the big train split does not hold up the others)."""
+
+
+def preprocess(profile: Profile, log: logging.Logger) -> dict[str, Any]:
+    """Build (or find) the graph cache for ``profile``; returns the stage summary."""
+    data = profile.data
+    sources = discover_sources(profile.dataset_path, data.train_glob, data.test_glob)
+    params = preprocess_params(data)
+    key = cache_key(sources, params)
+    cache_dir = profile.cache_path / key
+    existing = io.keyed_manifest(cache_dir, key)
+    if existing is not None:
+        log.info("graph cache %s is up to date (key %s); nothing to do", cache_dir, key)
+        return summary(cache_dir, existing)
+    for src in sources:
+        if src.duplicate_of:
+            log.info("%s has the same content as %s: read once", src.rel, src.duplicate_of)
+    manifest, built = io.publish_keyed_dir(cache_dir, key, lambda tmp: build_cache(sources, data, params, key, tmp, log))
+    if not built:
+        log.info("another job wrote graph cache %s meanwhile; using it", cache_dir)
+        return summary(cache_dir, manifest)
+    log.info("graph cache written to %s: %s", cache_dir,
+             ", ".join(f"{name} {s['graphs']} graphs" for name, s in manifest["splits"].items()))
+    return summary(cache_dir, manifest)
+
+
+def preprocess_params(data: DataConfig) -> dict[str, Any]:
+    """Every setting that changes the cached graphs (and so belongs in the cache key)."""
+    return {"layout": data.layout, "window": data.window, "stride": data.stride or data.window,
+            "val_fraction": data.val_fraction, "limit_rows": data.limit_rows, "bad_rows": data.bad_rows,
+            "columns": data.columns.mapping(), "feature_version": FEATURE_VERSION, "reader_version": READER_VERSION}
+
+
+def cache_key(sources: list[SourceFile], params: dict[str, Any]) -> str:
+    payload = {"params": params, "split_version": SPLIT_VERSION,
+               "sources": [[s.rel, s.role, s.scenario, s.sha256] for s in sources]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def summary(cache_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    return {"cache_dir": str(Path(cache_dir).resolve()), "result_key": manifest["key"],
+            "graphs": {name: s["graphs"] for name, s in manifest["splits"].items()},
+            "labels": {name: s["labels"] for name, s in manifest["splits"].items()}}
+
+
+def warn_if_validation_has_no_attacks(labels: dict[str, dict[str, int]], stage_dir: Path, log: logging.Logger) -> None:
+    """A validation split without attack windows cannot select a classifier's epochs (its F1 is 0
+    whatever the model does): say so in the log and in ``make status``, with the key to change."""
+    val, train = labels["val"], labels["train"]
+    if val["1"] > 0:
+        return
+    if train["1"] > 0:
+        key, fix = "data.val_fraction", "raise data.val_fraction"
+    else:
+        key, fix = "data.train_glob", "add train files with attacks (data.train_glob), then check data.val_fraction"
+    message = (f"validation holds no attack windows ({val['0']} windows, all normal; train: {train['1']} attack "
+               f"windows): epochs cannot be selected on attack F1 or AUROC; {fix}")
+    if record_warning(stage_dir, "validation_without_attacks", message, key):
+        log.warning(message)
+
+
+def build_cache(sources: list[SourceFile], data: DataConfig, params: dict[str, Any], key: str, out: Path,
+                log: logging.Logger) -> dict[str, Any]:
+    """Parse, window and write every split into ``out``; returns the manifest.
+
+    Train files come first (the vocabulary needs them), then each scenario's; see
+    ``processing_order``. The next files are tokenized on a helper thread while the current one is
+    decoded and windowed, and each finished split is assembled and written on other threads, so file
+    reading, computing and writing overlap; at most ``PREFETCH + 1`` files' columns are in memory at
+    once. Splits list their graphs in discovery order whatever the processing order.
+    """
+    window, stride = params["window"], params["stride"]
+    entries = [s.manifest_entry() for s in sources]
+    splits: dict[str, Future] = {}
+    scenarios = sorted({s.scenario for s in sources if s.role == "test"})
+    group_of = {i: ("train" if s.role == "train" else s.scenario) for i, s in enumerate(sources)}
+    to_read = processing_order(sources)
+    parts: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {n: [] for n in ("train", "val", *scenarios)}
+    vocab_ids: list[np.ndarray] = []
+    vocab: np.ndarray | None = None
+
+    with ThreadPoolExecutor(LOADERS, thread_name_prefix="preprocess-read") as reader, \
+            ThreadPoolExecutor(WRITERS, thread_name_prefix="preprocess-write") as writer:
+        def finish(names: tuple[str, ...]) -> None:
+            for name in names:
+                if name == "train" and sum(len(p["y"]) for _, p in parts[name]) == 0:
+                    raise ValueError(f"no train windows: every train file is shorter than one window of {window} rows")
+                splits[name] = writer.submit(_write_split, name, parts[name], vocab, window, out, log)
+                parts[name] = []
+
+        def load(index: int) -> RawCanLog:
+            return load_can_log(sources[index].path, data.layout, data.limit_rows, data.bad_rows,
+                                data.columns.mapping())
+
+        progress = tqdm(total=len(sources), desc="preprocess", unit="file", file=sys.stderr,
+                        mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        progress.update(len(sources) - len(to_read))
+        pending = deque(reader.submit(load, i) for i in to_read[:PREFETCH])
+        for k, index in enumerate(to_read):
+            src = sources[index]
+            can = pending.popleft().result().decode()
+            if k + PREFETCH < len(to_read):
+                pending.append(reader.submit(load, to_read[k + PREFETCH]))
+            entries[index].update(rows=len(can), bad_rows=can.bad_rows, padded_rows=can.padded_rows)
+            if src.role == "train":
+                train, val, block = window_train_file(can, window, stride, data.val_fraction, index)
+                vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
+                parts["train"].append((index, train))
+                parts["val"].append((index, val))
+                entries[index]["validation"] = validation_record(block, train, val)
+                log.info("%s: %d rows (%d bad), %s", src.rel, len(can), can.bad_rows,
+                         describe_validation(entries[index]["validation"]))
+            else:
+                parts[src.scenario].append((index, build_graphs_raw(can, window, stride, source=index)))
+                log.info("%s: %d rows (%d bad), %d windows [%s]", src.rel, len(can), can.bad_rows,
+                         len(parts[src.scenario][-1][1]["y"]), src.scenario)
+            del can
+            progress.set_postfix_str(src.rel, refresh=False)
+            progress.update(1)
+            nxt = group_of[to_read[k + 1]] if k + 1 < len(to_read) else None
+            if group_of[index] == "train" and nxt != "train":
+                vocab = fit_vocab(vocab_ids)
+                finish(("train", "val"))
+            elif group_of[index] != "train" and nxt != group_of[index]:
+                finish((group_of[index],))
+        progress.close()
+        if vocab is None:
+            raise ValueError("no train file could be read (all duplicates?)")
+        finish(tuple(name for name in scenarios if name not in splits))
+        written = {name: splits[name].result() for name in ("train", "val", *scenarios)}
+    return {
+        "key": key,
+        "params": params,
+        "sources": entries,
+        "vocab": [int(v) for v in vocab],
+        "node_features": list(NODE_FEATURES),
+        "edge_features": list(EDGE_FEATURES),
+        "splits": written,
+        "split_version": SPLIT_VERSION,
+        "scenarios": scenarios,
+        "bad_rows_total": int(sum(e["bad_rows"] for e in entries)),
+    }
+
+
+def window_train_file(can: CanLog, window: int, stride: int, val_fraction: float, source: int
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], ValidationBlock]:
+    """Train and validation window graphs of one train file, split by ``choose_validation``.
+
+    Each train row range is windowed on its own, so no train window spans the validation block.
+    """
+    block = choose_validation(can.label, window, stride, val_fraction)
+    train = concat_graphs([build_graphs_raw(can, window, stride, rows, source=source) for rows in block.train])
+    val = build_graphs_raw(can, window, stride, block.val, source=source)
+    return train, val, block
+
+
+def validation_record(block: ValidationBlock, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]
+                      ) -> dict[str, Any]:
+    """The manifest's account of one train file's split: rows of each part, windows and attack windows."""
+    return {**block.manifest_entry(),
+            "windows": {"train": int(train["y"].shape[0]), "val": int(val["y"].shape[0])},
+            "attack_windows": {"train": int(train["y"].sum()), "val": int(val["y"].sum())}}
+
+
+def describe_validation(record: dict[str, Any]) -> str:
+    start, stop = record["val_rows"]
+    windows, attacks = record["windows"], record["attack_windows"]
+    return (f"{windows['train']} train + {windows['val']} val windows; validation rows {start}:{stop} "
+            f"({record['rule']}); attack windows {attacks['train']} train / {attacks['val']} val")
+
+
+def processing_order(sources: list[SourceFile]) -> list[int]:
+    """Indices of the files to parse: train files, then scenario by scenario, biggest first.
+
+    Train files must come first: the vocabulary is fit on them before any split is written. Taking
+    big files (and scenarios) first leaves the smallest for last, which shortens the stretch at the
+    end where nothing is left to overlap with.
+    """
+    size = {i: s.path.stat().st_size for i, s in enumerate(sources) if not s.duplicate_of}
+    groups: dict[str | None, list[int]] = {}
+    for i in size:
+        groups.setdefault(sources[i].scenario if sources[i].role == "test" else None, []).append(i)
+    order = sorted(groups, key=lambda g: (g is not None, -sum(size[i] for i in groups[g])))
+    return [i for g in order for i in sorted(groups[g], key=lambda i: -size[i])]
+
+
+def _write_split(name: str, parts: list[tuple[int, dict[str, torch.Tensor]]], vocab: np.ndarray, window: int,
+                 out: Path, log: logging.Logger) -> dict[str, Any]:
+    """Join one split's per-file graphs (in source order), map CAN ids through the vocabulary, write ``<name>.pt``."""
+    graphs = concat_graphs([p for _, p in sorted(parts, key=lambda item: item[0])]) if parts else empty_graphs(raw=True)
+    parts.clear()
+    if graphs["y"].shape[0] == 0:
+        log.warning("split %s has no windows (its files are shorter than %d rows)", name, window)
+    graphs = with_vocab(graphs, vocab)
+    save_split(graphs, out / f"{name}.pt")
+    entry = _split_entry(name, graphs)
+    log.info("split %s: %d windows, label histogram %s", name, entry["graphs"], entry["labels"])
+    return entry
+
+
+def _split_entry(name: str, graphs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    y = graphs["y"]
+    ones = int(y.sum())
+    return {"file": f"{name}.pt", "graphs": int(y.shape[0]), "labels": {"0": int(y.shape[0]) - ones, "1": ones}}

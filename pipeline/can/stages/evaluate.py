@@ -1,0 +1,186 @@
+"""Evaluate stage: score every trained classifier on the validation split and each test scenario.
+
+Each test folder is a scenario (known/unknown vehicle x known/unknown attack) and is scored on
+its own, because a mean over scenarios hides exactly the generalisation gap they exist to show.
+The result is a table of (model, split) rows: every classifier an upstream stage names (the
+teacher, the KD student, the same student without KD, the curriculum student) and, below it, every
+anomaly detector (the VGAE and its student: AUROC of the reconstruction error and F1 at the
+threshold chosen on validation). Each model also gets its parameter count and its CPU inference
+latency per 1,000 graphs, so accuracy is read next to what it costs.
+
+A split without attack windows (a scenario whose attacks remove messages, so no message is
+labelled) has no positives: recall and F1 are 0/0 there and precision can only count false alarms.
+Its row says "no attack windows: F1 undefined" and holds null for them (and for AUROC), never a 0
+that reads like a failed detector; accuracy and the false-positive count still describe it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from pipeline import io
+from pipeline.can.data.cache import GraphSplit
+from pipeline.can.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, validation_loader
+from pipeline.can.inference import cpu_latency_ms_per_1k
+from pipeline.can.metrics import anomaly_scores, auroc, classification_metrics
+from pipeline.train import load_model, predict
+
+CLASSIFIER_STAGES = ("teacher", "student", "curriculum")
+"""Upstream stages whose done record names a ``best_checkpoint`` of a graph classifier (or, with
+several models, a ``classifiers`` mapping of name -> checkpoint)."""
+DETECTOR_STAGES = ("autoencoder", "student")
+"""Upstream stages whose done record may hold ``anomaly_detectors``: name -> {checkpoint, threshold}."""
+COLUMNS = ("graphs", "attacks", "accuracy", "precision", "recall", "f1", "balanced_accuracy")
+DETECTOR_COLUMNS = ("graphs", "attacks", "auroc", "precision", "recall", "f1", "balanced_accuracy")
+COST_COLUMNS = ("params", "cpu_ms_per_1k")
+NO_ATTACKS = "no attack windows: F1 undefined"
+UNDEFINED_WITHOUT_ATTACKS = ("precision", "recall", "f1", "auroc")
+
+
+def run(ctx) -> dict[str, Any]:
+    cache_dir = Path(ctx.upstream["preprocess"]["cache_dir"])
+    manifest = io.read_json(cache_dir / "manifest.json")
+    splits = {name: GraphSplit.open(cache_dir / manifest["splits"][name]["file"])
+              for name in ["val", *manifest["scenarios"]]}
+    batch_size = ctx.profile.train.batch_size * VALIDATION_GRAPHS_FACTOR
+    node_cap = inference_node_cap(ctx.upstream)
+    ctx.log.info("evaluate: batches of up to %d graphs and %s nodes", batch_size,
+                 node_cap if node_cap is not None else "any number of")
+
+    def loader(split: GraphSplit) -> GraphLoader:
+        return validation_loader(split, ctx.profile.train.batch_size, node_cap)
+
+    rows = []
+    for name, checkpoint in models_to_score(ctx.upstream).items():
+        model = load_model(checkpoint, ctx.device)
+        cost = model_cost(checkpoint, splits["val"], batch_size, _classify)
+        for split_name, split in splits.items():
+            row = {"model": name, "split": split_name, **evaluate_model(model, loader(split)), **cost}
+            ctx.log.info("%s on %s: %d graphs, %d attacks, f1 %s, balanced accuracy %.4f", name, split_name,
+                         row["graphs"], row["attacks"], _score_text(row["f1"]), row["balanced_accuracy"])
+            rows.append(row)
+    detector_rows = []
+    for name, detector in detectors_to_score(ctx.upstream).items():
+        model = load_model(detector["checkpoint"], ctx.device)
+        cost = model_cost(detector["checkpoint"], splits["val"], batch_size, _score)
+        for split_name, split in splits.items():
+            row = {"model": name, "split": split_name, "threshold": detector["threshold"],
+                   **evaluate_detector(model, loader(split), detector["threshold"]), **cost}
+            ctx.log.info("%s on %s: AUROC %s, f1 %s at threshold %.4g", name, split_name, _score_text(row["auroc"]),
+                         _score_text(row["f1"]), detector["threshold"])
+            detector_rows.append(row)
+    io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows,
+                                             "scenarios": manifest["scenarios"]})
+    table = ctx.dir / "metrics.md"
+    io.write_text(table, markdown_table(rows) + (detector_table(detector_rows) if detector_rows else ""))
+    ctx.log.info("metrics table:\n%s", table.read_text())
+    return {
+        "metrics_table": str(table),
+        "scenarios": {r["split"]: r["f1"] for r in rows if r["model"] == "teacher" and r["split"] != "val"},
+        "f1": _by_model(rows, "f1"),
+        "auroc": _by_model(detector_rows, "auroc"),
+        "models": {r["model"]: {k: r[k] for k in COST_COLUMNS} for r in rows + detector_rows},
+    }
+
+
+def models_to_score(upstream: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Model name -> best checkpoint, for every classifier stage this run has finished."""
+    models: dict[str, str] = {}
+    for stage in CLASSIFIER_STAGES:
+        record = upstream.get(stage) or {}
+        if record.get("classifiers"):
+            models.update(record["classifiers"])
+        elif record.get("best_checkpoint"):
+            models[stage] = record["best_checkpoint"]
+    return models
+
+
+def detectors_to_score(upstream: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Detector name -> {checkpoint, threshold, ...}, for every finished stage that trained one."""
+    detectors: dict[str, dict[str, Any]] = {}
+    for stage in DETECTOR_STAGES:
+        detectors.update((upstream.get(stage) or {}).get("anomaly_detectors") or {})
+    return detectors
+
+
+def inference_node_cap(upstream: dict[str, dict[str, Any]]) -> int | None:
+    """The smallest node cap an upstream training stage planned for its batches. A forward pass
+    without gradients needs less memory than the training step that cap was sized for, so batches
+    under it fit wherever those stages trained; None when no stage recorded a plan."""
+    plans = [(record or {}).get("batch_plan") for record in upstream.values()]
+    caps = [int(plan["max_nodes"]) for plan in plans if isinstance(plan, dict) and plan.get("max_nodes")]
+    return min(caps) if caps else None
+
+
+def evaluate_model(model: nn.Module, loader: Iterable) -> dict[str, Any]:
+    """Scores of ``model`` on every graph of ``loader``'s split, plus its size and attack count."""
+    logits, y = predict(model, loader)
+    return undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
+                                      **classification_metrics(y, logits.argmax(-1))})
+
+
+def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> dict[str, Any]:
+    """AUROC of the reconstruction error on ``loader``'s split, and the classification scores at ``threshold``."""
+    scores, y = anomaly_scores(model, loader)
+    return undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()), "auroc": auroc(y, scores),
+                                      **classification_metrics(y, (scores >= threshold).long())})
+
+
+def undefined_without_attacks(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the attack-class scores set to None and a note when its split has no attack window."""
+    if row["graphs"] == 0 or row["attacks"] > 0:
+        return row
+    return {**row, **{k: None for k in UNDEFINED_WITHOUT_ATTACKS if k in row}, "note": NO_ATTACKS}
+
+
+def model_cost(checkpoint: str, split: GraphSplit, batch_size: int, forward) -> dict[str, Any]:
+    """Parameter count and CPU inference latency per 1,000 graphs (measured on a CPU copy)."""
+    model = load_model(checkpoint, "cpu")
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "cpu_ms_per_1k": round(cpu_latency_ms_per_1k(model, forward, split, batch_size), 2)}
+
+
+def _score_text(value: float | None) -> str:
+    return "undefined (no attack windows)" if value is None else f"{value:.4f}"
+
+
+def _classify(model: nn.Module, batch) -> torch.Tensor:
+    return model(batch)
+
+
+def _score(model: nn.Module, batch) -> torch.Tensor:
+    return model.score(batch)
+
+
+def _by_model(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        out.setdefault(r["model"], {})[r["split"]] = r[key]
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """One row per (model, split); the confusion matrix as TN/FP/FN/TP, then parameters and CPU
+    latency per 1,000 graphs (blank when not measured). A score that is undefined (None) reads
+    "undefined", and each row's note is listed below the table."""
+    head = ["model", "split", *columns, "TN", "FP", "FN", "TP", "params", "CPU ms / 1k graphs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        (tn, fp), (fn, tp) = r["confusion"]
+        scores = ["undefined" if r[k] is None else f"{r[k]:.4f}" for k in columns[2:]]
+        cells = [r["model"], r["split"], str(r["graphs"]), str(r["attacks"]), *scores,
+                 str(tn), str(fp), str(fn), str(tp),
+                 f"{r['params']:,}" if "params" in r else "",
+                 f"{r['cpu_ms_per_1k']:.1f}" if "cpu_ms_per_1k" in r else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {r['model']} on {r['split']}: {r['note']}" for r in rows if r.get("note")]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def detector_table(rows: list[dict[str, Any]]) -> str:
+    """The anomaly detectors' section: AUROC of the reconstruction error, scores at the threshold."""
+    return ("\n## Anomaly detectors (VGAE reconstruction error; F1 at the threshold chosen on val)\n\n"
+            + markdown_table(rows, DETECTOR_COLUMNS))

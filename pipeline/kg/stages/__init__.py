@@ -1,0 +1,1 @@
+"""The knowledge-graph chain's stages, one file and one entry function ``run(ctx)`` each (see ``pipeline.stages``)."""
