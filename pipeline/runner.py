@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import sys
 import time
 import traceback
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from pipeline.config import Profile
+from pipeline.device import peak_rss_mb
 from pipeline.errors import UserError, is_expected
 from pipeline.hostmem import fix_mmap_threshold
 from pipeline.runs import RunDir, stage_fingerprint
@@ -158,11 +158,6 @@ def clear_stage_outputs(stage_dir: Path) -> None:
         if entry.name in KEEP_ON_FORCE:
             continue
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (and on CUDA, peak allocated device memory is logged by train)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 CONSOLE = "console"

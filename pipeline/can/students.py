@@ -60,18 +60,6 @@ def check_ratio(ctx, what: str, params: int, teacher_params: int) -> None:
                         "shrink student_model / vgae_student", what, ratio, limit)
 
 
-def reset_device_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def device_peak(device: torch.device) -> dict[str, float]:
-    """Peak allocated device memory of the whole stage (CUDA only; on the CPU the runner records peak RSS)."""
-    if device.type != "cuda":
-        return {}
-    return {"peak_device_mb": round(torch.cuda.max_memory_allocated(device) / MiB, 1)}
-
-
 @dataclass
 class TeacherSetup:
     """How a student's loss gets its teacher outputs, and what planning must count."""

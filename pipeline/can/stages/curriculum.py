@@ -17,7 +17,8 @@ import torch
 from pipeline.can.data.cache import StageData
 from pipeline.can.pacing import CurriculumLoader, admitted_fraction, difficulty_scores
 from pipeline.can.plan import BatchPlan
-from pipeline.can.students import check_ratio, device_peak, fit_gat_student, reset_device_peak
+from pipeline.can.students import check_ratio, fit_gat_student
+from pipeline.device import peak_device_mb, reset_peak
 from pipeline.train import configure_threads
 
 
@@ -28,7 +29,7 @@ def run(ctx) -> dict[str, Any]:
     data = StageData.open(ctx)
     profile, cfg = ctx.profile, ctx.profile.train
     configure_threads(cfg.threads)
-    reset_device_peak(data.device)
+    reset_peak(data.device)
     vgae_path = Path(ctx.upstream["autoencoder"]["best_checkpoint"])
     scored: dict[str, Any] = {}
 
@@ -47,6 +48,7 @@ def run(ctx) -> dict[str, Any]:
     result = fit_gat_student(ctx, data, "curriculum", alpha, teacher_path, make_loader, out_dir=ctx.dir)
     teacher_params = int(ctx.upstream["teacher"]["params"])
     check_ratio(ctx, "curriculum student", result["params"], teacher_params)
+    peak = peak_device_mb(data.device)  # of the whole stage; None on the CPU, where the runner records peak RSS
     return {
         **{k: v for k, v in result.items() if k != "teacher"},
         **result["teacher"],
@@ -55,7 +57,7 @@ def run(ctx) -> dict[str, Any]:
         "difficulty_scores": scored.get("path"),
         "difficulty_computed": scored.get("computed"),
         "curriculum": profile.curriculum.model_dump(),
-        **device_peak(data.device),
+        **({"peak_device_mb": peak} if peak is not None else {}),
     }
 
 

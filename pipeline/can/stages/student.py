@@ -24,12 +24,11 @@ from pipeline.can.models.gat import count_parameters
 from pipeline.can.students import (
     build_student,
     check_ratio,
-    device_peak,
     fit_gat_student,
     fit_vgae_student,
     plain_loader,
-    reset_device_peak,
 )
+from pipeline.device import peak_device_mb, reset_peak
 from pipeline.train import configure_threads
 
 
@@ -37,7 +36,7 @@ def run(ctx) -> dict[str, Any]:
     data = StageData.open(ctx)
     distill = ctx.profile.distill
     configure_threads(ctx.profile.train.threads)
-    reset_device_peak(data.device)
+    reset_peak(data.device)
     teacher_path = Path(ctx.upstream["teacher"]["best_checkpoint"])
     teacher_params = int(ctx.upstream["teacher"]["params"])
     check_ratio(ctx, "GAT student", count_parameters(build_student(ctx.profile, data.manifest, data.train)),
@@ -64,7 +63,9 @@ def run(ctx) -> dict[str, Any]:
         vgae = fit_vgae_student(ctx, data)
         summary["anomaly_detectors"] = {"vgae_student": vgae["detector"]}
         summary["models"]["vgae"] = vgae
-    summary.update(device_peak(data.device))
+    peak = peak_device_mb(data.device)  # of the whole stage; None on the CPU, where the runner records peak RSS
+    if peak is not None:
+        summary["peak_device_mb"] = peak
     return summary
 
 
