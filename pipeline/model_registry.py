@@ -8,32 +8,50 @@ class to another module.
 """
 from __future__ import annotations
 
+import importlib
 import math
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from torch import nn
 
-from pipeline.can.models.gat import GATWithJK
-from pipeline.can.models.vgae import VGAE
 from pipeline.errors import InputError
-from pipeline.kg.models.hgt import HGT
-from pipeline.kg.models.sage import HeteroSAGE
 
-MODELS: dict[str, type[nn.Module]] = {
-    "gat_jk": GATWithJK,
-    "vgae": VGAE,
-    "hgt": HGT,
-    "hetero_sage": HeteroSAGE,
+MODEL_CLASSES: dict[str, str] = {
+    "gat_jk": "pipeline.can.models.gat:GATWithJK",
+    "vgae": "pipeline.can.models.vgae:VGAE",
+    "hgt": "pipeline.kg.models.hgt:HGT",
+    "hetero_sage": "pipeline.kg.models.sage:HeteroSAGE",
 }
-"""Stable name (what best.pt stores) -> class."""
+"""Stable name (what best.pt stores) -> ``module:Class``. Strings, imported on first use, so the
+core imports no workload (and loading a CAN model never imports the KG models)."""
 
 LEGACY_NAMES: dict[str, str] = {
-    "pipeline.can.models.gat:GATWithJK": "gat_jk",
-    "pipeline.can.models.vgae:VGAE": "vgae",
-    "pipeline.kg.models.hgt:HGT": "hgt",
-    "pipeline.kg.models.sage:HeteroSAGE": "hetero_sage",
+    "pipeline.models.gat:GATWithJK": "gat_jk",
+    "pipeline.models.vgae:VGAE": "vgae",
+    "pipeline.models.hgt:HGT": "hgt",
+    "pipeline.models.sage:HeteroSAGE": "hetero_sage",
+    **{path: name for name, path in MODEL_CLASSES.items()},
 }
-"""``module:Class`` as checkpoints written before the registry named them -> stable name."""
+"""``module:Class`` as checkpoints written before the registry named them (the models then lived in
+``pipeline/models/``), and the classes' present homes -> stable name."""
+
+
+class _Models(Mapping[str, type[nn.Module]]):
+    """Stable name -> class, importing a class's module only when it is looked up."""
+
+    def __getitem__(self, name: str) -> type[nn.Module]:
+        module, _, cls = MODEL_CLASSES[name].partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(MODEL_CLASSES)
+
+    def __len__(self) -> int:
+        return len(MODEL_CLASSES)
+
+
+MODELS: Mapping[str, type[nn.Module]] = _Models()
+"""Stable name -> class."""
 
 MAX_DEPTH = 4
 """Nesting of constructor values (the knowledge-graph models take lists of lists and dicts)."""
@@ -47,10 +65,8 @@ def registered_name(model: nn.Module) -> str:
     """The name a checkpoint stores for ``model``: its stable name, else ``module:Class`` (which
     ``rebuild`` refuses: only registered classes load)."""
     cls = type(model)
-    for name, registered in MODELS.items():
-        if cls is registered:
-            return name
-    return f"{cls.__module__}:{cls.__qualname__}"
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    return next((name for name, registered in MODEL_CLASSES.items() if registered == path), path)
 
 
 def known_names() -> str:
@@ -61,11 +77,11 @@ def model_class(name: object, source: object) -> type[nn.Module]:
     """The registered class ``name`` stands for; ``source`` (the file) is named in the error."""
     if not isinstance(name, str):
         raise CheckpointError(f"{source}: model_class is {type(name).__name__}, not a name; known: {known_names()}")
-    cls = MODELS.get(LEGACY_NAMES.get(name, name))
-    if cls is None:
+    stable = LEGACY_NAMES.get(name, name)
+    if stable not in MODEL_CLASSES:
         raise CheckpointError(f"{source}: model_class {name!r} is not a model of this project, so it is not "
                               f"built (a checkpoint never chooses code to run); known: {known_names()}")
-    return cls
+    return MODELS[stable]
 
 
 def _plain(value: Any, depth: int = 0) -> bool:

@@ -123,3 +123,12 @@ def test_trainer_writes_the_stable_name_and_it_loads(tmp_path):
     assert torch.load(tmp_path / "best.pt", weights_only=True)["model_class"] == "gat_jk"
     assert MODELS["gat_jk"] is GATWithJK
     assert type(load_model(tmp_path / "best.pt")) is GATWithJK
+
+
+def test_checkpoints_written_before_the_layout_move_still_load(tmp_path):
+    """best.pt files written before the registry named the models hold ``pipeline.models.<module>:<Class>``."""
+    model = small_gat().eval()
+    path = save(tmp_path / "best.pt", "pipeline.models.gat:GATWithJK", model.model_kwargs, model.state_dict())
+    again = load_model(path)
+    assert type(again) is GATWithJK
+    assert all(torch.equal(again.state_dict()[name], tensor) for name, tensor in model.state_dict().items())
