@@ -3,7 +3,8 @@
 On SLURM's warning signal (USR2, ``signal_delay_s`` before the limit, or on preemption)
 submitit calls :meth:`StageJob.checkpoint`, pickles what it returns and requeues the job. The
 requeued job calls ``run_stage`` again: a finished stage is skipped by its done marker, a
-training stage picks up from the ``checkpoint.pt`` its loop writes after every epoch.
+training stage picks up from the ``checkpoint.pt`` its loop writes after every epoch (which one,
+the hook reads from the run directory and the stage: ``pipeline.train.layout.active_checkpoint``).
 
 A job of several tasks (a data-parallel training stage) runs this callable once per task; each
 exports torch's ``env://`` variables from submitit's ``TorchDistributedEnvironment`` first, and
@@ -13,13 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import submitit
 
 from pipeline.runner import run_stage
+from pipeline.train.layout import active_checkpoint
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -48,7 +48,7 @@ class StageJob(submitit.helpers.Checkpointable):
         """
         logging.getLogger(f"pipeline.{stage}").warning(
             "stage %s interrupted by the scheduler; requeueing, it resumes from %s",
-            stage, _active_training_checkpoint() or "its start",
+            stage, active_checkpoint(run_dir, stage) or "its start",
         )
         return submitit.helpers.DelayedSubmission(StageJob(self.cpus), run_dir, stage, tuple(overrides))
 
@@ -67,12 +67,6 @@ def export_rank_environment() -> int:
     if tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     return tasks
-
-
-def _active_training_checkpoint() -> Path | None:
-    """The checkpoint of the training loop running in this process, if any (never imports torch)."""
-    train = sys.modules.get("pipeline.train")
-    return train.checkpoint_active() if train is not None else None
 
 
 def limit_threads(cpus: int | None) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from pipeline.can.data.loader import GraphLoader
 from pipeline.can.models.gat import GATWithJK
 from pipeline.errors import is_expected
 from pipeline.model_registry import MODELS, CheckpointError
-from pipeline.train import Selection, Trainer, load_model, seed_everything
+from pipeline.train import Checkpointer, Progress, Selection, Trainer, load_model, seed_everything
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split, tiny_profile
 
 KNOWN = "gat_jk, hetero_sage, hgt, vgae"
@@ -132,3 +134,29 @@ def test_checkpoints_written_before_the_layout_move_still_load(tmp_path):
     again = load_model(path)
     assert type(again) is GATWithJK
     assert all(torch.equal(again.state_dict()[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_checkpointer_restores_weights_optimizer_and_rng_streams(tmp_path):
+    def parts(seed: int):
+        torch.manual_seed(seed)
+        model = small_gat()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+        return model, optimizer, Checkpointer(tmp_path, model, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                                              resume_key="inputs-1", log=logging.getLogger("test.checkpoints"))
+
+    model, optimizer, saver = parts(0)
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()                                  # optimizer state worth restoring (AdamW moments)
+    progress = Progress(epoch=3, best_metric=0.75, best_epoch=2, best_metrics={"f1": 0.75}, bad_epochs=1)
+    saver.save(saver.state_dict(progress, loader_max_nodes=40))
+    draws = (random.random(), np.random.rand(), torch.rand(3))   # what the next epoch would draw
+
+    fresh_model, fresh_optimizer, loader = parts(1)   # a requeued process: other weights, other RNG states
+    state = loader.load(torch.device("cpu"))
+    assert loader.restore(state) == progress and state["loader_max_nodes"] == 40
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()))
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"] == 1
+    assert (random.random(), np.random.rand()) == draws[:2] and torch.equal(torch.rand(3), draws[2])
+
+    loader.resume_key = "inputs-2"                    # a changed profile: the checkpoint is not resumed
+    assert loader.load(torch.device("cpu")) is None

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -302,8 +300,8 @@ def test_stage_job_checkpoint_resubmits_the_same_call():
 
 
 def test_stage_job_checkpoint_names_the_epoch_checkpoint_it_resumes_from(monkeypatch, caplog):
-    fake_train = types.SimpleNamespace(checkpoint_active=lambda: Path("/runs/p/r/teacher/checkpoint.pt"))
-    monkeypatch.setitem(sys.modules, "pipeline.train", fake_train)
+    monkeypatch.setattr("jobs.stage_job.active_checkpoint",
+                        lambda run_dir, stage: Path("/runs/p/r/teacher/checkpoint.pt"))
     with caplog.at_level("WARNING", logger="pipeline.ckpt-test"):
         StageJob().checkpoint("/runs/p/r", "ckpt-test", ())
     assert "resumes from /runs/p/r/teacher/checkpoint.pt" in caplog.text

@@ -1,6 +1,9 @@
 """GraphLoader batching and the Trainer: learning, checkpoints, exact resume, early stop, metrics."""
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from pipeline.can.data.cache import GraphSplit
 from pipeline.can.data.loader import GraphLoader, budget_boundaries
 from pipeline.can.models.gat import GATWithJK
 from pipeline.train import Selection, Trainer, load_model, predict, seed_everything
+from pipeline.train.layout import active_checkpoint, checkpoint_path, fit_dir
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split, tiny_profile
 
 LOG = logging.getLogger("test.train")
@@ -173,3 +177,40 @@ def test_selection_ties_and_non_finite_values():
     assert not sel.better({"f1": 1.0, "loss": 0.2}, {"f1": 1.0, "loss": 0.2})
     assert not sel.better({"f1": float("nan"), "loss": 0.0}, {"f1": 0.1, "loss": 1.0})
     assert not Selection("f1").better({"f1": 1.0, "loss": 0.1}, {"f1": 1.0, "loss": 0.2})
+
+
+# -- the requeue hook ------------------------------------------------------------------
+
+def test_requeue_hook_names_the_checkpoint_of_the_fit_in_progress(splits, tmp_path):
+    run = tmp_path / "run"
+    base = cross_entropy_loss(class_weights(splits[0].y))
+    seen = []
+
+    def hook_each_step(stage):
+        def loss_fn(model, batch):
+            seen.append(active_checkpoint(run, stage))  # what the hook names if the signal lands now
+            return base(model, batch)
+        return loss_fn
+
+    # a stage that trains in its own folder
+    _trainer(splits, fit_dir(run, "teacher"), loss_fn=hook_each_step("teacher"), epochs=2).fit()
+    assert seen == [None] * 8 + [checkpoint_path(run, "teacher")] * 8   # 8 batches per epoch
+    assert active_checkpoint(run, "teacher") is None                  # no fit runs any more
+
+    # a stage that trains several models one after the other (the student: kd/, then no_kd/)
+    _trainer(splits, fit_dir(run, "student", "kd"), epochs=2).fit()
+    seen.clear()
+    _trainer(splits, fit_dir(run, "student", "no_kd"), loss_fn=hook_each_step("student"), epochs=2).fit()
+    # in no_kd's first epoch the newest checkpoint is kd's, but kd is finished: the job restarts no_kd
+    assert seen == [None] * 8 + [checkpoint_path(run, "student", "no_kd")] * 8
+    assert active_checkpoint(run, "student") is None
+
+
+def test_requeue_hook_imports_no_torch_and_the_model_registry_no_workload():
+    """The hook runs in a signal handler (no torch import may start there); the core imports no workload."""
+    code = ("import sys, jobs.stage_job, pipeline.train; print('torch' in sys.modules);"
+            "import pipeline.model_registry, pipeline.train.models;"
+            "print(sorted(m for m in sys.modules if m.startswith(('pipeline.can', 'pipeline.kg'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.split() == ["False", "[]"]

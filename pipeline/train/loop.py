@@ -2,19 +2,21 @@
 
 Stages differ only in what they plug in: the model, ``loss_fn(model, batch) -> (loss, outputs)``,
 the loaders and ``validate_fn(model, loader) -> metrics``. The loop owns the rest: AMP on CUDA,
-gradient accumulation, early stopping, a checkpoint after every epoch and ``metrics.jsonl``.
+gradient accumulation, early stopping, out-of-memory back-off and ``metrics.jsonl``; after every
+epoch it hands its state to a ``Checkpointer`` (``pipeline.train.checkpoint``), which owns the
+format of checkpoint.pt and best.pt and restores them when the fit starts again.
 
-Files in the stage directory:
+Files in the fit folder (the stage folder, or a model sub-folder of it; ``pipeline.train.layout``):
 
-    checkpoint.pt   last finished epoch: model, optimizer, scaler, RNG states, early-stop state
-    best.pt         best epoch so far: model class + kwargs + weights (``load_model`` rebuilds it)
-    metrics.jsonl   one line per epoch
-    warnings.json   raised once per fit when validation cannot rank epochs (``pipeline.selection_check``)
+    checkpoint.pt     last finished epoch (``Checkpointer``)
+    best.pt           best epoch so far (``load_model`` rebuilds it)
+    metrics.jsonl     one line per epoch
+    warnings.json     raised once per fit when validation cannot rank epochs (``pipeline.selection_check``)
+    fit_in_progress   present while the fit runs: the requeue hook finds the checkpoint through it
 
-Resume is exact: the shuffle order is a function of (seed, epoch) and every RNG state is saved,
-so a job killed mid-epoch and re-run from checkpoint.pt ends with the same weights as one that
-never stopped. A checkpoint is only resumed if it was written for the same ``resume_key``
-(the stage passes its input fingerprint), so a changed profile starts afresh.
+Resume is exact: a job killed mid-epoch and re-run from checkpoint.pt ends with the same weights as
+one that never stopped; a checkpoint written for another ``resume_key`` (the stage passes its input
+fingerprint) is ignored, so a changed profile starts afresh.
 
 Data-parallel: when the stage runs in a process group of W ranks (``pipeline.distributed``), the
 loop wraps the model in ``DistributedDataParallel`` and shards the train loader's epoch, so one
@@ -27,81 +29,38 @@ checkpoint holds every rank's RNG state, so resume stays exact at the same world
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import os
-import pickle
-import random
-import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from pipeline import distributed, io, memory
 from pipeline.config import TrainConfig
-from pipeline.errors import MissingFileError
+from pipeline.device import peak_device_mb, peak_rss_mb, reset_peak
 from pipeline.selection_check import check_validation
 from pipeline.stage_warnings import clear_warnings
+from pipeline.train.checkpoint import Checkpointer, Progress
+from pipeline.train.layout import METRICS
+from pipeline.train.runtime import configure_threads, seed_everything, to_device
+from pipeline.train.selection import Selection
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Any]]
 """(model, batch on device) -> (mean loss of the batch, model outputs)."""
 ValidateFn = Callable[[nn.Module, Iterable], dict[str, float]]
 """(model in eval mode, validation loader) -> metrics; runs under no_grad and autocast."""
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-METRICS = "metrics.jsonl"
 OOM_BACKOFF = 0.5
 """Factor the node budget shrinks by after an out-of-memory epoch."""
-
-_ACTIVE: "Trainer | None" = None
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which validation metric picks the best epoch and drives early stopping."""
-
-    metric: str = "f1"
-    """Key of the dict returned by validate_fn."""
-    mode: Literal["max", "min"] = "max"
-    tie_metric: str | None = None
-    """Breaks exact ties of ``metric`` (F1 saturates at 1.0 on easy validation sets; loss keeps moving)."""
-    tie_mode: Literal["max", "min"] = "min"
-    profile_key: str = "data.val_fraction"
-    """The profile key that shapes validation, named when validation cannot judge the model
-    (``pipeline.selection_check``)."""
-
-    def better(self, new: dict[str, float], best: dict[str, float] | None) -> bool:
-        """Strictly better than ``best`` (None: nothing yet); a tie counts as no improvement."""
-        value = new[self.metric]
-        if not math.isfinite(value):
-            return False
-        if not best:
-            return True
-        if value != best[self.metric]:
-            return _beats(value, best[self.metric], self.mode)
-        if self.tie_metric is None or not math.isfinite(new.get(self.tie_metric, math.nan)):
-            return False
-        return _beats(new[self.tie_metric], best.get(self.tie_metric, math.nan), self.tie_mode)
-
-    def required(self) -> list[str]:
-        return [self.metric] + ([self.tie_metric] if self.tie_metric else [])
-
-
-def _beats(value: float, other: float, mode: str) -> bool:
-    if not math.isfinite(other):
-        return True
-    return value > other if mode == "max" else value < other
 
 
 @dataclass
@@ -112,19 +71,6 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     best_path: Path
-
-
-@dataclass
-class _Progress:
-    """What survives an epoch boundary (and therefore goes into checkpoint.pt)."""
-
-    epoch: int = 0
-    best_metric: float | None = None
-    best_epoch: int = 0
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    bad_epochs: int = 0
-    finished: bool = False
-    stopped_early: bool = False
 
 
 class Trainer:
@@ -155,6 +101,8 @@ class Trainer:
     ):
         configure_threads(cfg.threads)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.dir = Path(stage_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.device = distributed.rank_device(torch.device(device))
         self.model = model.to(self.device)
         self.train_model = self._data_parallel(self.model, train_loader, find_unused_parameters)
@@ -164,18 +112,17 @@ class Trainer:
         self.val_loader = val_loader
         self.validate_fn = validate_fn
         self.cfg = cfg
-        self.dir = Path(stage_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.selection = selection
-        self.resume_key = resume_key
         self.show_progress = progress and self.rank == 0
         self.memory_plan = memory_plan or {}
         """Planned batch memory and device total (MB), logged beside each epoch's measured peak."""
         self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.state = _Progress()
+        self.checkpointer = Checkpointer(self.dir, self.model, self.optimizer, self.scaler,
+                                         resume_key=resume_key, log=log)
+        self.state = Progress()
 
     def _data_parallel(self, model: nn.Module, train_loader: Iterable, find_unused: bool) -> nn.Module:
         """Wrap for DDP and shard the loader when there is more than one rank; else the model as is."""
@@ -191,12 +138,21 @@ class Trainer:
 
     # -- paths ---------------------------------------------------------
     @property
+    def resume_key(self) -> str:
+        """The inputs a checkpoint must have been written for to be resumed (the stage's fingerprint)."""
+        return self.checkpointer.resume_key
+
+    @resume_key.setter
+    def resume_key(self, key: str) -> None:
+        self.checkpointer.resume_key = key
+
+    @property
     def checkpoint_path(self) -> Path:
-        return self.dir / CHECKPOINT
+        return self.checkpointer.path
 
     @property
     def best_path(self) -> Path:
-        return self.dir / BEST
+        return self.checkpointer.best_path
 
     @property
     def metrics_path(self) -> Path:
@@ -212,7 +168,7 @@ class Trainer:
         ``weight`` 0 marks a padding batch of a data-parallel epoch: it runs (every rank must take
         part in each gradient all-reduce) but adds nothing to the gradient.
         """
-        batch = _to(batch, self.device)
+        batch = to_device(batch, self.device)
         with self.autocast():
             loss, _ = self.loss_fn(self.train_model, batch)
         self.scaler.scale(loss * (weight / self.cfg.grad_accum)).backward()
@@ -258,7 +214,7 @@ class Trainer:
                     pending = 0
                 bar.update(1)
                 if step % 10 == 0 or step == bar.total:
-                    bar.set_postfix(loss=f"{float(total) / max(weight, 1):.4f}", mem=f"{peak_memory_mb(self.device):.0f}MB",
+                    bar.set_postfix(loss=f"{float(total) / max(weight, 1):.4f}", mem=f"{self._peak_mb():.0f}MB",
                                     refresh=False)
             if pending:
                 self.optimizer_step()
@@ -280,8 +236,7 @@ class Trainer:
         """
         # One rank cannot retry an epoch alone: the others are waiting in a gradient all-reduce.
         can_shrink = hasattr(self.train_loader, "shrink") and self.world_size == 1
-        start = copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                               "rng": rng_state()}) if can_shrink else None
+        start = self.checkpointer.snapshot() if can_shrink else None
         while True:
             try:
                 return self.train_epoch(epoch)
@@ -299,9 +254,7 @@ class Trainer:
                     raise MemoryError(f"{self.dir.name}: {floor}; lower model.hidden/heads or request more memory "
                                       f"(first error: {exc})") from exc
                 self._cap_validation_batches(budget)
-                self.model.load_state_dict(start["model"])
-                self.optimizer.load_state_dict(start["optimizer"])
-                set_rng_state(start["rng"])
+                self.checkpointer.rewind(start)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.log.warning("%s: out of memory in epoch %d (%s); retrying with <= %d nodes per batch",
                                  self.dir.name, epoch, str(exc).splitlines()[0][:200], budget)
@@ -328,73 +281,16 @@ class Trainer:
             metrics = {k: float(v) for k, v in metrics.items()}
         return distributed.broadcast_object(metrics)
 
-    # -- state -------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """What checkpoint.pt holds; with several ranks a collective (every rank's RNG is gathered)."""
-        s = self.state
-        rng = rng_state()
-        extra = {"world_size": self.world_size, "rng_by_rank": distributed.gather_objects(rng)} if self.world_size > 1 else {}
-        return {
-            "resume_key": self.resume_key,
-            "epoch": s.epoch,
-            "best_metric": s.best_metric,
-            "best_epoch": s.best_epoch,
-            "best_metrics": s.best_metrics,
-            "bad_epochs": s.bad_epochs,
-            "finished": s.finished,
-            "stopped_early": s.stopped_early,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "loader_max_nodes": getattr(self.train_loader, "max_nodes", None),
-            **extra,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(self._own_rng(state))
-        if state.get("loader_max_nodes") is not None and hasattr(self.train_loader, "max_nodes"):
-            self.train_loader.max_nodes = state["loader_max_nodes"]   # keep a plan shrunk after OOM
-            self._cap_validation_batches(state["loader_max_nodes"])
-        self.state = _Progress(
-            epoch=state["epoch"], best_metric=state["best_metric"], best_epoch=state["best_epoch"],
-            best_metrics=dict(state["best_metrics"]), bad_epochs=state["bad_epochs"],
-            finished=state["finished"], stopped_early=state["stopped_early"],
-        )
-
-    def _own_rng(self, state: dict[str, Any]) -> dict[str, Any]:
-        """This rank's RNG state from a checkpoint; a different world size cannot resume bit-exactly."""
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.world_size:
-            self.log.warning("%s was written by %d rank(s) and resumes on %d: the remaining epochs split their "
-                             "batches differently from an uninterrupted run", self.checkpoint_path.name,
-                             saved_world, self.world_size)
-        by_rank = state.get("rng_by_rank") or []
-        return by_rank[self.rank] if self.rank < len(by_rank) else state["rng"]
-
-    def save_best(self, epoch: int, metrics: dict[str, float]) -> None:
-        if self.rank != 0:
-            return
-        from pipeline.model_registry import registered_name
-
-        io.torch_save({
-            "model_class": registered_name(self.model),
-            "model_kwargs": dict(getattr(self.model, "model_kwargs", {})),
-            "state_dict": self.model.state_dict(),
-            "epoch": epoch,
-            "metric": metrics[self.selection.metric],
-            "metrics": metrics,
-        }, self.best_path)
+    def _peak_mb(self) -> float:
+        """Peak allocated device memory on CUDA; peak resident memory of the process elsewhere."""
+        peak = peak_device_mb(self.device)
+        return peak if peak is not None else peak_rss_mb()
 
     def checkpoint(self) -> Path | None:
-        """Preemption hook: the last finished epoch is already on disk, and that is what resumes.
+        """The checkpoint a requeued job continues from: the last finished epoch, already on disk.
 
         A half-finished epoch is deliberately not saved: its batches would replay differently
-        and break exact resume. Returns the checkpoint the requeued job will continue from.
+        and break exact resume.
         """
         if self.checkpoint_path.exists():
             self.log.info("preempted; will resume after epoch %d from %s", self.state.epoch, self.checkpoint_path)
@@ -405,36 +301,22 @@ class Trainer:
     # -- loop ----------------------------------------------------------------
     def fit(self) -> FitResult:
         """Train until cfg.epochs or early stop, resuming from checkpoint.pt when it matches."""
-        global _ACTIVE
-        self._resume_or_start()
-        _ACTIVE = self
-        try:
+        with self.checkpointer.in_progress():
+            self._resume_or_start()
             while not self.state.finished:
                 self._run_epoch(self.state.epoch + 1)
-        finally:
-            _ACTIVE = None
         s = self.state
         return FitResult(best_epoch=s.best_epoch, best_metric=s.best_metric, best_metrics=s.best_metrics,
                          epochs_run=s.epoch, stopped_early=s.stopped_early, best_path=self.best_path)
 
     def _run_epoch(self, epoch: int) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak(self.device)
         started = time.perf_counter()
         train_loss = self._train_epoch_with_backoff(epoch)
         val = self.validate()
-        peak = distributed.all_reduce_max(peak_memory_mb(self.device), self.device)
+        peak = distributed.all_reduce_max(self._peak_mb(), self.device)
         s = self.state
-        value = val[self.selection.metric]
-        improved = self.selection.better(val, s.best_metrics if s.best_epoch else None)
-        if improved:
-            s.best_metric, s.best_epoch, s.best_metrics, s.bad_epochs = value, epoch, val, 0
-            self.save_best(epoch, val)
-        else:
-            s.bad_epochs += 1
-        s.epoch = epoch
-        s.stopped_early = s.bad_epochs >= self.cfg.patience and epoch < self.cfg.epochs
-        s.finished = epoch >= self.cfg.epochs or s.stopped_early
+        improved = self._judge(epoch, val)
         record = {
             "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved,
             "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
@@ -443,7 +325,7 @@ class Trainer:
             **self.memory_plan,
             **({"ranks": self.world_size} if self.world_size > 1 else {}),
         }
-        checkpoint = self.state_dict()
+        checkpoint = self.checkpointer.state_dict(s, getattr(self.train_loader, "max_nodes", None))
         if self.rank != 0:
             return
         # Logged before the epoch is committed: a scheduler signal that lands while the checkpoint is
@@ -455,30 +337,42 @@ class Trainer:
         check_validation(self.dir, self.selection, val, getattr(self.val_loader, "labels", None),
                          self.metrics_path if s.finished else None, self.log)
         # best.pt is written before checkpoint.pt: a checkpoint never points at a best.pt not yet on disk.
-        io.torch_save(checkpoint, self.checkpoint_path)
+        self.checkpointer.save(checkpoint)
         if s.stopped_early:
             self.log.info("early stop: no %s improvement for %d epochs; best epoch %d (%s=%.4f)",
                           self.selection.metric, s.bad_epochs, s.best_epoch, self.selection.metric, s.best_metric)
 
+    def _judge(self, epoch: int, val: dict[str, float]) -> bool:
+        """Update the progress with this epoch's metrics (best epoch, patience, finished); saves best.pt
+        on an improvement. Returns whether the epoch is the new best."""
+        s = self.state
+        improved = self.selection.better(val, s.best_metrics if s.best_epoch else None)
+        if improved:
+            s.best_metric, s.best_epoch, s.best_metrics, s.bad_epochs = val[self.selection.metric], epoch, val, 0
+            self.checkpointer.save_best(epoch, s.best_metric, val)
+        else:
+            s.bad_epochs += 1
+        s.epoch = epoch
+        s.stopped_early = s.bad_epochs >= self.cfg.patience and epoch < self.cfg.epochs
+        s.finished = epoch >= self.cfg.epochs or s.stopped_early
+        return improved
+
     def _resume_or_start(self) -> None:
-        state = None
-        if self.checkpoint_path.exists():
-            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        distributed.barrier()  # every rank has read it before rank 0 may delete it below
+        state = self.checkpointer.load(self.device)
         if state is not None:
-            if state.get("resume_key") == self.resume_key:
-                self.load_state_dict(state)
-                if self.rank == 0:
-                    _trim_metrics(self.metrics_path, self.state.epoch)
-                self.log.info("resuming from %s after epoch %d (best epoch %d)", self.checkpoint_path,
-                              self.state.epoch, self.state.best_epoch)
-                self._same_batches_on_every_rank()
-                return
-            self.log.info("ignoring %s: written for other inputs (%s != %s); starting afresh",
-                          self.checkpoint_path, state.get("resume_key"), self.resume_key)
+            self.state = self.checkpointer.restore(state)
+            if state.get("loader_max_nodes") is not None and hasattr(self.train_loader, "max_nodes"):
+                self.train_loader.max_nodes = state["loader_max_nodes"]   # keep a plan shrunk after OOM
+                self._cap_validation_batches(state["loader_max_nodes"])
+            if self.rank == 0:
+                _trim_metrics(self.metrics_path, self.state.epoch)
+            self.log.info("resuming from %s after epoch %d (best epoch %d)", self.checkpoint_path,
+                          self.state.epoch, self.state.best_epoch)
+            self._same_batches_on_every_rank()
+            return
+        self.checkpointer.discard()
         if self.rank == 0:
-            for path in (self.checkpoint_path, self.best_path, self.metrics_path):
-                path.unlink(missing_ok=True)
+            self.metrics_path.unlink(missing_ok=True)
             clear_warnings(self.dir)
         # Rank 0 draws what one process would; the others get streams of their own (dropout masks).
         seed_everything(self.cfg.seed + self.rank)
@@ -491,111 +385,13 @@ class Trainer:
             self.train_loader.max_nodes = distributed.broadcast_object(self.train_loader.max_nodes)
 
 
-# -- model files ----------------------------------------------------------------
-
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild the model stored in a best.pt (class + kwargs + weights), in eval mode.
-
-    The file is data, never code: its class must be one of the project's registered models
-    (``pipeline.model_registry``), built from plain values; anything else is a CheckpointError
-    naming the file.
-    """
-    from pipeline.model_registry import CheckpointError, rebuild  # imports every model class
-
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"model file {path} does not exist (has its training stage finished?)")
-    try:
-        blob = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a model file that loads without running code ({first})") from None
-    return rebuild(blob, path).to(device).eval()
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels over a loader, gathered on the CPU (inference for validation and scoring)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval()
-    logits, labels = [], []
-    for batch in loader:
-        batch = _to(batch, device)
-        logits.append(model(batch).float().cpu())
-        labels.append(batch.y.cpu())
-    if not logits:
-        return torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)
-    return torch.cat(logits), torch.cat(labels)
-
-
-# -- process setup -------------------------------------------------------------------
-
-def configure_threads(threads: int | None) -> int:
-    """Use the cpus the job was given: train.threads, else SLURM_CPUS_PER_TASK, else the affinity mask."""
-    n = threads or _env_int("SLURM_CPUS_PER_TASK") or len(os.sched_getaffinity(0))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG the loop may draw from, in types torch.load(weights_only=True) accepts."""
-    name, key, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["key"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated device memory on CUDA; peak resident memory of the process elsewhere."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def checkpoint_active() -> Path | None:
-    """For a submitit ``Checkpointable.checkpoint``: the checkpoint of the fit now running, if any."""
-    return _ACTIVE.checkpoint() if _ACTIVE is not None else None
-
-
 # -- helpers ---------------------------------------------------------------------
-
-def _to(batch: Any, device: torch.device) -> Any:
-    return batch.to(device, non_blocking=True) if hasattr(batch, "to") else batch
-
 
 def _length(loader: Iterable) -> int | None:
     try:
         return len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _fmt(metrics: dict[str, float]) -> str:
