@@ -74,7 +74,7 @@ def synthetic_cache(scale: float = SCALE, seed: int = SEED, root: Path = CACHE_R
 
 
 def _teacher(graph):
-    from pipeline.config import KGNetConfig
+    from pipeline.kg.config import KGNetConfig
     from pipeline.kg.training import build_encoder
 
     return build_encoder(KGNetConfig(), graph)

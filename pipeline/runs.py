@@ -24,6 +24,7 @@ from typing import Any
 from pipeline import io
 from pipeline.config import PROJECT_ROOT, Profile, dump_profile, load_profile
 from pipeline.errors import MissingFileError
+from pipeline.stages import stage_spec
 
 RUNS_DIR = PROJECT_ROOT / "runs"
 
@@ -94,6 +95,8 @@ class RunDir:
 
 
 def stage_fingerprint(profile: Profile, stage: str, upstream: dict[str, str]) -> str:
-    """Hash of what a stage's result depends on: the profile (not its resources) and its inputs."""
-    payload = {"stage": stage, "profile": profile.fingerprint_payload(), "upstream": upstream}
+    """Hash of what a stage's result depends on: the profile sections it reads (never resources,
+    names or paths) and the results of the stages it reads."""
+    spec = stage_spec(profile.task, stage)
+    payload = {"task": profile.task, "stage": stage, "reads": profile.sections(spec.reads), "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

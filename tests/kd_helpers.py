@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.config import Profile
+from pipeline.can.config import CanProfile
 from pipeline.runner import fingerprint_for, run_stage
 from pipeline.runs import RunDir
 from tests.helpers import run_with_cache, tiny_profile, write_synthetic_cache
@@ -34,7 +34,7 @@ gc.collect()
 gc.freeze()
 
 
-def kd_profile(overrides: list[str] | None = None) -> Profile:
+def kd_profile(overrides: list[str] | None = None) -> CanProfile:
     """The tiny test profile with the full CAN chain and students well under 1/5 of their teachers."""
     return tiny_profile([FULL_CHAIN, *SMALL, *(overrides or [])])
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import PROFILES_DIR, ProfileError, load_profile, parse_override
+from pipeline.runs import stage_fingerprint
 
 
 def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
@@ -127,4 +128,6 @@ def test_fingerprint_ignores_resources(tmp_path):
     a = load_profile(path, ["resources.teacher.mem_gb=1"], check_paths=False)
     b = load_profile(path, ["resources.teacher.mem_gb=99"], check_paths=False)
     c = load_profile(path, ["train.epochs=99"], check_paths=False)
-    assert a.fingerprint_payload() == b.fingerprint_payload() != c.fingerprint_payload()
+    for stage in a.stages:
+        assert stage_fingerprint(a, stage, {}) == stage_fingerprint(b, stage, {})
+    assert stage_fingerprint(a, "teacher", {}) != stage_fingerprint(c, "teacher", {})

@@ -2,12 +2,13 @@
 import pytest
 import torch
 
+from pipeline.can.config import CurriculumConfig
 from pipeline.can.data.cache import GraphSplit
 from pipeline.can.inference import gather, plan_inference, run_chunked
 from pipeline.can.models.vgae import VGAE
 from pipeline.can.pacing import CurriculumLoader, admitted_fraction, difficulty_scores, pace, score_graphs
 from pipeline.can.plan import BatchPlan
-from pipeline.config import CurriculumConfig, ProfileError
+from pipeline.config import ProfileError
 from pipeline.runner import run_stage
 from pipeline.train import load_model
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split

@@ -4,13 +4,11 @@ distillation on a small graph with planted structure yields a student that ranks
 well above chance."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from pipeline.config import KGNetConfig
 from pipeline.kg.cache import CacheParams, KGGraph, build_cache
+from pipeline.kg.config import KGNetConfig
 from pipeline.kg.loss import distill_loss, link_loss, soft_link_kd, validate_links
 from pipeline.kg.reader import read_edges
 from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader

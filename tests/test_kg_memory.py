@@ -5,7 +5,7 @@ import psutil
 import pytest
 import torch
 
-from pipeline.config import KGNetConfig
+from pipeline.kg.config import KGNetConfig
 from pipeline.kg.loss import link_loss
 from pipeline.kg.plan import CompositionFit, kg_plan_key, plan_hetero_batches, plan_kg_batches
 from pipeline.kg.sampler import LinkBatchLoader

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import KGNetConfig, ProfileError, load_profile
+from pipeline.config import ProfileError, load_profile
+from pipeline.kg.config import KGNetConfig
 from pipeline.kg.inference import chunk_bounds, layerwise_embeddings
 from pipeline.kg.models.hgt import HGT
 from pipeline.kg.sampler import KGBatch, LinkBatchLoader

@@ -171,7 +171,7 @@ def test_positive_edges_are_taken_out_of_the_degrees_too(graph):
     batch = next(iter(loader))
     # each positive arrives at one node per direction it is carried in: 2 per positive edge
     assert sum(float(v.sum()) for v in batch.degree_drop.values()) == 2 * batch.num_graphs
-    from pipeline.config import KGNetConfig
+    from pipeline.kg.config import KGNetConfig
     from pipeline.kg.training import build_encoder
 
     model = build_encoder(KGNetConfig(kind="sage", hidden=8, out=8), graph)

@@ -106,7 +106,7 @@ def test_collapse_fails_the_export_stage_after_writing_reports(chain):
 
 
 def test_can_profiles_do_not_take_the_kg_path():
-    from pipeline.config import Profile
+    from pipeline.can.config import CanProfile as Profile
 
     assert Profile(name="x").task == "can"
     assert load_profile("primekg").task == "kg"

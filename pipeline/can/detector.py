@@ -10,11 +10,11 @@ from sklearn import metrics as skm
 from torch import nn
 
 from pipeline import io
+from pipeline.can.config import VGAEConfig
 from pipeline.can.data.cache import GraphBatch, GraphSplit
 from pipeline.can.data.loader import GraphLoader
 from pipeline.can.metrics import anomaly_scores, auroc
 from pipeline.can.models.vgae import VGAE
-from pipeline.config import VGAEConfig
 from pipeline.train import Selection, load_model
 
 NORMAL_QUANTILE = 0.99

@@ -18,11 +18,11 @@ from typing import Iterator
 
 import torch
 
+from pipeline.can.config import CurriculumConfig
 from pipeline.can.data.cache import GraphBatch, GraphSplit
 from pipeline.can.data.loader import GraphLoader
 from pipeline.can.distill import OutputCache
 from pipeline.can.inference import gather, plan_inference
-from pipeline.config import CurriculumConfig
 from pipeline.train import load_model
 
 

@@ -16,29 +16,29 @@ from typing import Callable
 import torch
 
 from pipeline import io
+from pipeline.can.config import CanProfile
 from pipeline.can.data.cache import GraphSplit
 from pipeline.can.plan import BatchPlan, plan_graph_batches, plan_key
-from pipeline.config import Profile
 from pipeline.errors import UserError
 from pipeline.memory import MemoryBudget
 
 PREFLIGHT_ROWS = 20_000
 
 
-def _teacher_setup(profile: Profile, manifest: dict, split: GraphSplit):
+def _teacher_setup(profile: CanProfile, manifest: dict, split: GraphSplit):
     from pipeline.can.classifier import build_model, class_weights, cross_entropy_loss
 
     weights = class_weights(split.y) if profile.train.class_weighting else None
     return build_model(profile, manifest, split), cross_entropy_loss(weights)
 
 
-def _autoencoder_setup(profile: Profile, manifest: dict, split: GraphSplit):
+def _autoencoder_setup(profile: CanProfile, manifest: dict, split: GraphSplit):
     from pipeline.can.detector import build_vgae, vgae_loss
 
     return build_vgae(profile.vgae, manifest, split), vgae_loss
 
 
-def _student_setup(profile: Profile, manifest: dict, split: GraphSplit):
+def _student_setup(profile: CanProfile, manifest: dict, split: GraphSplit):
     """The GAT student with its distillation loss: cached teacher outputs cost only their rows (zeros
     stand in for them); a teacher run in the step adds its forward pass to the measured activations."""
     from pipeline.can.classifier import build_model, class_weights
@@ -59,12 +59,12 @@ MODEL_SETUP: dict[str, Callable] = {"teacher": _teacher_setup, "autoencoder": _a
 """Training stage -> (profile, manifest, train split) -> (model, loss_fn) as the stage builds them."""
 
 
-def plan_report(profile: Profile) -> str:
+def plan_report(profile: CanProfile) -> str:
     """What ``make plan`` prints: the plan of every training stage of the profile's chain."""
     return render(profile, preflight(profile))
 
 
-def preflight(profile: Profile, log: logging.Logger | None = None) -> list[tuple[str, MemoryBudget, BatchPlan]]:
+def preflight(profile: CanProfile, log: logging.Logger | None = None) -> list[tuple[str, MemoryBudget, BatchPlan]]:
     from pipeline.can.data.build import preprocess
 
     log = log or logging.getLogger("pipeline.can.preflight")
@@ -96,7 +96,7 @@ def preflight(profile: Profile, log: logging.Logger | None = None) -> list[tuple
     return results
 
 
-def render(profile: Profile, results: list[tuple[str, MemoryBudget, BatchPlan]]) -> str:
+def render(profile: CanProfile, results: list[tuple[str, MemoryBudget, BatchPlan]]) -> str:
     out = [f"# memory plan for profile {profile.name} (safety_factor {profile.safety_factor})", ""]
     for stage, budget, plan in results:
         res = profile.resources_for(stage)

@@ -12,19 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import io
-from pipeline.config import Profile
 from pipeline.errors import MissingFileError
 from pipeline.kg.cache import CacheParams, build_cache, cache_key, file_sha256
+from pipeline.kg.config import KGProfile
 from pipeline.kg.reader import read_edges
 
 
-def cache_params(profile: Profile) -> CacheParams:
+def cache_params(profile: KGProfile) -> CacheParams:
     kg = profile.kg
     return CacheParams(limit_nodes=kg.limit_nodes, val_fraction=kg.val_fraction, test_fraction=kg.test_fraction,
                        holdout_max=kg.holdout_max, split_seed=kg.split_seed)
 
 
-def kg_preprocess(profile: Profile, log: logging.Logger) -> dict[str, Any]:
+def kg_preprocess(profile: KGProfile, log: logging.Logger) -> dict[str, Any]:
     """Build (or find) the cache of ``profile``'s edge file; returns the stage summary."""
     path = profile.kg_path
     kg = profile.kg

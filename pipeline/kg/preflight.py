@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Profile
 from pipeline.errors import UserError
 from pipeline.kg.build import kg_preprocess
 from pipeline.kg.cache import KGGraph
+from pipeline.kg.config import KGProfile
 from pipeline.kg.loss import with_label_term
 from pipeline.kg.plan import HeteroBatchPlan, describe_plan, kg_plan_key, plan_kg_batches
 from pipeline.kg.training import encoder_for_profile, student_loss, teacher_loss, train_loader
@@ -37,7 +37,7 @@ class KGStagePlan:
     params: int
 
 
-def kg_preflight(profile: Profile, log: logging.Logger | None = None) -> tuple[KGGraph, list[KGStagePlan]]:
+def kg_preflight(profile: KGProfile, log: logging.Logger | None = None) -> tuple[KGGraph, list[KGStagePlan]]:
     """The graph the chain trains on, and the plan of each of its training stages."""
     log = log or logging.getLogger("pipeline.can.preflight")
     graph = KGGraph.open(kg_preprocess(profile, log)["cache_dir"])
@@ -74,7 +74,7 @@ def kg_preflight(profile: Profile, log: logging.Logger | None = None) -> tuple[K
     return graph, plans
 
 
-def render_kg(profile: Profile, graph: KGGraph, plans: list[KGStagePlan]) -> str:
+def render_kg(profile: KGProfile, graph: KGGraph, plans: list[KGStagePlan]) -> str:
     """The plan as the CAN one reads: a section per stage with its budget table and its batch."""
     nodes = ", ".join(f"{graph.type_name(t)} {n:,}" for t, n in sorted(graph.num_nodes.items()))
     out = [f"# memory plan for profile {profile.name} (safety_factor {profile.safety_factor})", "",
@@ -91,6 +91,6 @@ def render_kg(profile: Profile, graph: KGGraph, plans: list[KGStagePlan]) -> str
     return "\n".join(out)
 
 
-def plan_report(profile: Profile) -> str:
+def plan_report(profile: KGProfile) -> str:
     """What ``make plan`` prints: the plan of the teacher and student stages of the profile's chain."""
     return render_kg(profile, *kg_preflight(profile))

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import KGNetConfig
 from pipeline.errors import InputError
 from pipeline.kg.cache import KGGraph
+from pipeline.kg.config import KGNetConfig
 from pipeline.kg.loss import distill_loss, link_loss, validate_links, with_label_term
 from pipeline.kg.models.base import KGEncoder
 from pipeline.kg.models.hgt import HGT

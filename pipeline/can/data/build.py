@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline import io
+from pipeline.can.config import CanDataConfig, CanProfile
 from pipeline.can.data.cache import save_split
 from pipeline.can.data.readers import READER_VERSION, CanLog, RawCanLog, load_can_log
 from pipeline.can.data.splits import SPLIT_VERSION, SourceFile, ValidationBlock, choose_validation, discover_sources
@@ -43,7 +44,6 @@ from pipeline.can.data.windows import (
     fit_vocab,
     with_vocab,
 )
-from pipeline.config import DataConfig, Profile
 from pipeline.stage_warnings import record_warning
 
 PREFETCH = 2
@@ -58,7 +58,7 @@ WRITERS = 2
 """Splits assembled and written at once (the big train split does not hold up the others)."""
 
 
-def preprocess(profile: Profile, log: logging.Logger) -> dict[str, Any]:
+def preprocess(profile: CanProfile, log: logging.Logger) -> dict[str, Any]:
     """Build (or find) the graph cache for ``profile``; returns the stage summary."""
     data = profile.data
     sources = discover_sources(profile.dataset_path, data.train_glob, data.test_glob)
@@ -81,7 +81,7 @@ def preprocess(profile: Profile, log: logging.Logger) -> dict[str, Any]:
     return summary(cache_dir, manifest)
 
 
-def preprocess_params(data: DataConfig) -> dict[str, Any]:
+def preprocess_params(data: CanDataConfig) -> dict[str, Any]:
     """Every setting that changes the cached graphs (and so belongs in the cache key)."""
     return {"layout": data.layout, "window": data.window, "stride": data.stride or data.window,
             "val_fraction": data.val_fraction, "limit_rows": data.limit_rows, "bad_rows": data.bad_rows,
@@ -116,7 +116,7 @@ def warn_if_validation_has_no_attacks(labels: dict[str, dict[str, int]], stage_d
         log.warning(message)
 
 
-def build_cache(sources: list[SourceFile], data: DataConfig, params: dict[str, Any], key: str, out: Path,
+def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str, Any], key: str, out: Path,
                 log: logging.Logger) -> dict[str, Any]:
     """Parse, window and write every split into ``out``; returns the manifest.
 
