@@ -7,10 +7,8 @@ was launched with. Everything launched is appended to <run>/jobs.json.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +25,7 @@ from jobs.stage_job import StageJob
 from jobs.sweep import SWEEPS_DIR, array_name, group_submissions, stage_order, sweep_profiles, sweep_runs, write_sweep
 from jobs.table import format_table
 from pipeline.config import Profile, load_profile
-from pipeline.runs import RUNS_DIR, RunDir
+from pipeline.runs import RUNS_DIR, RunDir, new_run_id
 
 
 @dataclass
@@ -298,10 +296,6 @@ def _refused(launcher: Launcher, plan: RunPlan, stage: str, exc: Exception, laun
 
 
 # -- commands ------------------------------------------------------------------------------------
-
-def new_run_id() -> str:
-    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
 
 def submit(spec: str, overrides: list[str], seeds: int = 1, runs_root: str | os.PathLike | None = None) -> list[RunPlan]:
     """Create one run per profile of ``spec`` (comma-separated) and seed, and queue their chains on

@@ -6,6 +6,7 @@ where a reader would take it for a whole one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -113,3 +114,17 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+def digest(payload: Any) -> str:
+    """A short content key of JSON-able ``payload`` (key order does not matter): 16 hex digits of sha256."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes, read in chunks (files may be larger than memory)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            hasher.update(block)
+    return hasher.hexdigest()

@@ -13,8 +13,6 @@ Layout::
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
 import secrets
 import socket
@@ -29,6 +27,11 @@ from pipeline.stages import stage_spec
 RUNS_DIR = PROJECT_ROOT / "runs"
 
 
+def new_run_id() -> str:
+    """A run's folder name: when it was created, and four random hex digits for runs created in the same second."""
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).resolve()
@@ -36,7 +39,7 @@ class RunDir:
     # -- creation ------------------------------------------------------
     @classmethod
     def create(cls, profile: Profile, root: str | os.PathLike | None = None, run_id: str | None = None) -> "RunDir":
-        run_id = run_id or dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        run_id = run_id or new_run_id()
         run = cls(Path(root or RUNS_DIR) / profile.name / run_id)
         run.path.mkdir(parents=True, exist_ok=True)
         run.freeze(profile)
@@ -99,4 +102,4 @@ def stage_fingerprint(profile: Profile, stage: str, upstream: dict[str, str]) ->
     names or paths) and the results of the stages it reads."""
     spec = stage_spec(profile.task, stage)
     payload = {"task": profile.task, "stage": stage, "reads": profile.sections(spec.reads), "upstream": upstream}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return io.digest(payload)

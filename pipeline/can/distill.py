@@ -17,9 +17,7 @@ difficulty scores (``OutputCache``).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -112,15 +110,6 @@ VGAE_TEACHER = TeacherKind("vgae", _vgae_targets, {"mu": "node", "x_hat": "node"
 
 # -- the output cache ------------------------------------------------------------------------
 
-def checkpoint_hash(path: str | os.PathLike) -> str:
-    """Content hash of a model file: outputs cached under it are valid exactly as long as the weights."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 @dataclass
 class OutputCache:
     """Per-graph or per-node outputs of one model file on one split, beside the graph cache."""
@@ -136,7 +125,8 @@ class OutputCache:
     """Content hash of the model file."""
 
     def __post_init__(self) -> None:
-        self.key = checkpoint_hash(self.model_path)
+        # outputs cached under the weights' content hash are valid exactly as long as the weights
+        self.key = io.file_sha256(self.model_path)[:16]
 
     @property
     def path(self) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline import io
 from pipeline.errors import MissingFileError
-from pipeline.kg.cache import CacheParams, build_cache, cache_key, file_sha256
+from pipeline.kg.cache import CacheParams, build_cache, cache_key
 from pipeline.kg.config import KGProfile
 from pipeline.kg.reader import read_edges
 
@@ -29,7 +29,7 @@ def kg_preprocess(profile: KGProfile, log: logging.Logger) -> dict[str, Any]:
     path = profile.kg_path
     kg = profile.kg
     params = cache_params(profile)
-    source = {"file": path.name, "sha256": file_sha256(path) if path.is_file() else None, "layout": kg.layout,
+    source = {"file": path.name, "sha256": io.file_sha256(path) if path.is_file() else None, "layout": kg.layout,
               "limit_rows": profile.data.limit_rows, "include_node_types": kg.include_node_types}
     if source["sha256"] is None:
         raise MissingFileError(f"{path}: no such file (kg.file={kg.file!r} inside data.dataset={profile.data.dataset!r})")

@@ -27,8 +27,6 @@ manifest maps them back to the names in the file.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -68,16 +66,7 @@ class CacheParams:
 
 
 def cache_key(source: dict[str, Any], params: dict[str, Any]) -> str:
-    payload = json.dumps({"source": source, "params": params}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return io.digest({"source": source, "params": params})
 
 
 # -- building ------------------------------------------------------------------------------------

@@ -16,8 +16,6 @@ windows, and every split's label histogram is logged.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sys
 from collections import deque
@@ -91,7 +89,7 @@ def preprocess_params(data: CanDataConfig) -> dict[str, Any]:
 def cache_key(sources: list[SourceFile], params: dict[str, Any]) -> str:
     payload = {"params": params, "split_version": SPLIT_VERSION,
                "sources": [[s.rel, s.role, s.scenario, s.sha256] for s in sources]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return io.digest(payload)
 
 
 def summary(cache_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
