@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from pipeline.can.data.cache import GraphSplit
-from pipeline.can.models.gat import GATWithJK, count_parameters
+from pipeline.can.models.gat import GATWithJK
+from pipeline.train import count_parameters
 from tests.helpers import EDGE_FEATURES, NODE_FEATURES, VOCAB, synthetic_split
 
 

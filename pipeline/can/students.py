@@ -26,10 +26,10 @@ from pipeline.can.distill import (
     teacher_report,
     vgae_kd_loss,
 )
-from pipeline.can.models.gat import GATWithJK, count_parameters
+from pipeline.can.models.gat import GATWithJK
 from pipeline.can.plan import BatchPlan, plan_graph_batches, plan_key
 from pipeline.memory import MiB
-from pipeline.train import Selection, Trainer, load_model, seed_everything
+from pipeline.train import Selection, Trainer, count_parameters, load_model, seed_everything
 
 CLASSIFIER_SELECTION = Selection("f1", "max", tie_metric="loss", tie_mode="min")
 
@@ -144,9 +144,7 @@ def fit_gat_student(ctx, data: StageData, name: str, alpha: float, teacher_path:
     )
     result = trainer.fit()
     return {
-        "best_checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "best_val": result.best_metrics,
-        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early, "params": count_parameters(model),
-        "alpha": alpha, "teacher": report,
+        **result.record(), "alpha": alpha, "teacher": report,
         "batch_plan": {"graphs": plan.graphs, "max_nodes": plan.max_nodes, "reason": plan.reason},
     }
 
@@ -197,8 +195,6 @@ def fit_vgae_student(ctx, data: StageData) -> dict[str, Any]:
     result = trainer.fit()
     detector = finish_detector(result.best_path, trainer.val_loader, device, out_dir)
     return {
-        "best_checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "best_val": result.best_metrics,
-        "epochs_run": result.epochs_run, "params": count_parameters(model), "teacher_params": teacher_params,
-        "param_ratio": round(count_parameters(model) / teacher_params, 4), "alpha": alpha, "teacher": report,
+        **result.record(), "teacher_params": teacher_params, "param_ratio": round(result.params / teacher_params, 4), "alpha": alpha, "teacher": report,
         "detector": detector,
     }

@@ -27,7 +27,7 @@ from pipeline.kg.plan import describe_plan, kg_plan_key, plan_kg_batches, plan_s
 from pipeline.kg.report import label_split, read_labels
 from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader
 from pipeline.memory import MiB
-from pipeline.train import Selection, Trainer
+from pipeline.train import Selection, Trainer, count_parameters
 
 SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min", profile_key="kg.val_fraction")
 VAL_BATCH_EDGES = 256
@@ -84,10 +84,6 @@ def training_labels(profile, graph: KGGraph) -> tuple[dict[str, torch.Tensor], i
 
 def open_graph(ctx) -> KGGraph:
     return KGGraph.open(ctx.upstream["preprocess"]["cache_dir"])
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def teacher_loss(profile):
@@ -147,6 +143,4 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.n
                       memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1),
                                    "device_total_mb": round(budget.total / MiB, 1)})
     result = trainer.fit()
-    return {"best_checkpoint": str(result.best_path), "best_epoch": result.best_epoch, "best_val": result.best_metrics,
-            "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-            "params": count_parameters(model), "batch_plan": plan_summary(plan), "steps_per_epoch": len(loader)}
+    return {**result.record(), "batch_plan": plan_summary(plan), "steps_per_epoch": len(loader)}

@@ -4,7 +4,8 @@
     checkpoint.py  Checkpointer: checkpoint.pt and best.pt, RNG states, progress, resume-key checks
     layout.py      where a fit's files live; the checkpoint a running stage resumes from (no torch)
     selection.py   Selection: the metric that picks the best epoch
-    models.py      load_model (a best.pt back to a model, through ``pipeline.model_registry``), predict
+    models.py      load_model (a best.pt back to a model, through ``pipeline.model_registry``), predict,
+                   count_parameters
     runtime.py     configure_threads, seed_everything
 
 Stages import the public names from here (``from pipeline.train import Trainer``). They are loaded
@@ -20,13 +21,13 @@ if TYPE_CHECKING:
     from pipeline.train.checkpoint import Checkpointer, Progress, rng_state, set_rng_state
     from pipeline.train.layout import BEST, CHECKPOINT, METRICS, active_checkpoint, checkpoint_path, fit_dir
     from pipeline.train.loop import FitResult, LossFn, Trainer, ValidateFn
-    from pipeline.train.models import load_model, predict
+    from pipeline.train.models import count_parameters, load_model, predict
     from pipeline.train.runtime import configure_threads, seed_everything
     from pipeline.train.selection import Selection
 
 __all__ = [
     "BEST", "CHECKPOINT", "METRICS", "Checkpointer", "FitResult", "LossFn", "Progress", "Selection", "Trainer",
-    "ValidateFn", "active_checkpoint", "checkpoint_path", "configure_threads", "fit_dir", "load_model", "predict",
+    "ValidateFn", "active_checkpoint", "checkpoint_path", "configure_threads", "count_parameters", "fit_dir", "load_model", "predict",
     "rng_state", "seed_everything", "set_rng_state",
 ]
 
@@ -35,7 +36,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "checkpoint": ("Checkpointer", "Progress", "rng_state", "set_rng_state"),
     "layout": ("CHECKPOINT", "BEST", "METRICS", "fit_dir", "checkpoint_path", "active_checkpoint"),
     "selection": ("Selection",),
-    "models": ("load_model", "predict"),
+    "models": ("load_model", "predict", "count_parameters"),
     "runtime": ("configure_threads", "seed_everything"),
 }
 """Module of this package -> the public names it defines."""

@@ -51,6 +51,7 @@ from pipeline.selection_check import check_validation
 from pipeline.stage_warnings import clear_warnings
 from pipeline.train.checkpoint import Checkpointer, Progress
 from pipeline.train.layout import METRICS
+from pipeline.train.models import count_parameters
 from pipeline.train.runtime import configure_threads, seed_everything, to_device
 from pipeline.train.selection import Selection
 
@@ -71,6 +72,13 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     best_path: Path
+    params: int
+    """Parameters of the trained model."""
+
+    def record(self) -> dict[str, Any]:
+        """What every training stage's done record says of a fit (stages add their own keys)."""
+        return {"best_checkpoint": str(self.best_path), "best_epoch": self.best_epoch, "best_val": self.best_metrics,
+                "epochs_run": self.epochs_run, "stopped_early": self.stopped_early, "params": self.params}
 
 
 class Trainer:
@@ -307,7 +315,8 @@ class Trainer:
                 self._run_epoch(self.state.epoch + 1)
         s = self.state
         return FitResult(best_epoch=s.best_epoch, best_metric=s.best_metric, best_metrics=s.best_metrics,
-                         epochs_run=s.epoch, stopped_early=s.stopped_early, best_path=self.best_path)
+                         epochs_run=s.epoch, stopped_early=s.stopped_early, best_path=self.best_path,
+                         params=count_parameters(self.model))
 
     def _run_epoch(self, epoch: int) -> None:
         reset_peak(self.device)

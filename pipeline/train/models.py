@@ -1,4 +1,4 @@
-"""Model files: rebuilding the model a best.pt stores, and inference with it."""
+"""Models: rebuilding the model a best.pt stores, its size, and inference with it."""
 from __future__ import annotations
 
 import os
@@ -30,6 +30,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> n
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a model file that loads without running code ({first})") from None
     return rebuild(blob, path).to(device).eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()

@@ -99,5 +99,3 @@ class GATWithJK(nn.Module):
         return self.head(self.embed(batch))
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -23,10 +23,9 @@ from pipeline.can.detector import (
     validate_autoencoder,
     vgae_loss,
 )
-from pipeline.can.models.gat import count_parameters
 from pipeline.can.plan import plan_graph_batches, plan_key
 from pipeline.memory import MiB
-from pipeline.train import Trainer, seed_everything
+from pipeline.train import Trainer, count_parameters, seed_everything
 
 
 def run(ctx) -> dict[str, Any]:
@@ -58,12 +57,7 @@ def run(ctx) -> dict[str, Any]:
                  result.best_metrics.get("auroc", float("nan")), detector["threshold"], detector["method"],
                  detector["val_f1"])
     return {
-        "best_checkpoint": str(result.best_path),
-        "best_epoch": result.best_epoch,
-        "best_val": result.best_metrics,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "params": count_parameters(model),
+        **result.record(),
         "latent_dim": model.latent_dim,
         "anomaly_detectors": {"vgae": detector},
         "batch_plan": {"graphs": plan.graphs, "max_nodes": plan.max_nodes, "reason": plan.reason},

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.can.data.cache import StageData
-from pipeline.can.models.gat import count_parameters
 from pipeline.can.students import (
     build_student,
     check_ratio,
@@ -29,7 +28,7 @@ from pipeline.can.students import (
     plain_loader,
 )
 from pipeline.device import peak_device_mb, reset_peak
-from pipeline.train import configure_threads
+from pipeline.train import configure_threads, count_parameters
 
 
 def run(ctx) -> dict[str, Any]:

@@ -12,10 +12,9 @@ from typing import Any
 from pipeline.can.classifier import build_model, class_weights, cross_entropy_loss, validate_classifier
 from pipeline.can.data.cache import StageData
 from pipeline.can.data.loader import GraphLoader, validation_loader
-from pipeline.can.models.gat import count_parameters
 from pipeline.can.plan import plan_graph_batches, plan_key
 from pipeline.memory import MiB
-from pipeline.train import Selection, Trainer, seed_everything
+from pipeline.train import Selection, Trainer, count_parameters, seed_everything
 
 
 def run(ctx) -> dict[str, Any]:
@@ -50,12 +49,7 @@ def run(ctx) -> dict[str, Any]:
     )
     result = trainer.fit()
     return {
-        "best_checkpoint": str(result.best_path),
-        "best_epoch": result.best_epoch,
-        "best_val": result.best_metrics,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "params": count_parameters(model),
+        **result.record(),
         "batch_plan": {"graphs": plan.graphs, "max_nodes": plan.max_nodes, "reason": plan.reason},
     }
 

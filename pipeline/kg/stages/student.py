@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.kg.training import count_parameters, encoder_for_profile, fit_encoder, open_graph, student_loss
-from pipeline.train import configure_threads, load_model, seed_everything
+from pipeline.kg.training import encoder_for_profile, fit_encoder, open_graph, student_loss
+from pipeline.train import configure_threads, count_parameters, load_model, seed_everything
 
 
 def run(ctx) -> dict[str, Any]:
