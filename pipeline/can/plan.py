@@ -1,26 +1,36 @@
-"""Batch plans of the CAN stages: graphs and nodes per batch whose measured activation memory fits the budget."""
+"""Batch plans of the CAN stages: graphs and nodes per batch whose measured activation memory fits the budget.
+
+The probe-and-budget skeleton is ``pipeline.memory.planner``; this module supplies what is CAN's own:
+probes of 8..64 whole window graphs, one line in total nodes and edges, the host pages of the mapped
+graph cache, a node budget per batch sized for the densest graph, and a retry with gradient
+checkpointing when the plan leaves too few graphs per batch.
+"""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from pipeline import io
-from pipeline.memory import (
+from pipeline.memory.budget import (
     MemoryBudget,
-    _fmt,
     cached_plan,
-    device_memory,
-    fixed_overhead,
-    host_process_lines,
-    measure_activation_cost,
-    process_baseline,
-    static_costs,
+    format_bytes,
     tensor_bytes,
+    write_plan,
+)
+from pipeline.memory.limits import device_memory
+from pipeline.memory.measure import ProbePoint, fit_line
+from pipeline.memory.planner import (
+    Attempt,
+    Measured,
+    PlanRequest,
+    Probes,
+    Workload,
+    backward_step,
+    plan_memory,
 )
 
 
@@ -52,8 +62,8 @@ def plan_batches(budget: MemoryBudget, nodes_per_graph: float, edges_per_graph: 
     usable = budget.usable_for_activations - budget.activation.base
     if usable <= 0:
         raise MemoryError(
-            f"static memory ({_fmt(budget.static_total + budget.fixed_total)}) exceeds the budget "
-            f"({_fmt(budget.total * budget.safety_factor)}): lower hidden dims, offload the teacher, "
+            f"static memory ({format_bytes(budget.static_total + budget.fixed_total)}) exceeds the budget "
+            f"({format_bytes(budget.total * budget.safety_factor)}): lower hidden dims, offload the teacher, "
             "or request more memory"
         )
     ratio = edges_per_node if edges_per_node is not None else edges_per_graph / max(nodes_per_graph, 1e-9)
@@ -91,7 +101,7 @@ def plan_key(model: torch.nn.Module, split: Any, device: torch.device, safety_fa
         "device": str(device), "device_total": device_memory(device, target_gb).total,
         "safety_factor": safety_factor, "max_graphs": max_graphs, "target_gb": target_gb,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return io.digest(payload)
 
 
 def plan_graph_batches(
@@ -122,80 +132,87 @@ def plan_graph_batches(
     resident baseline and the mapped cache as static lines, glibc's slack as a fixed one. False
     budgets tensors only, as on an accelerator (a benchmark emulating a small device).
     """
-    cached = load_plan(plan_path, key)
-    if cached is not None:
-        if hasattr(model, "gradient_checkpointing"):
-            model.gradient_checkpointing = cached[1].checkpointing
-        log(f"memory plan reused from {plan_path}: {cached[1].graphs} graphs / {cached[1].max_nodes} nodes per batch")
-        return cached
-    nodes, edges = split.nodes_per_graph().double(), split.edges_per_graph().double()
-    densest = float((edges / nodes.clamp_min(1)).max()) if len(split) else 1.0
-    gen = torch.Generator().manual_seed(0)
+    request = PlanRequest(device, safety_factor, plan_path, key, target_gb, target_device, count_process, log)
+    return plan_memory(GraphBatchWorkload(model, split, loss_fn, device, max_graphs, teacher, amp, log), request)
 
-    def make_batch(n: int):
-        idx = torch.randperm(len(split), generator=gen)[: min(n, len(split))]
-        return split.collate(idx).to(device)
 
-    def run_step(batch) -> None:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            loss, _ = loss_fn(model, batch)
-        loss.backward()
+class GraphBatchWorkload(Workload[BatchPlan]):
+    """Batches of whole graphs: what the CAN planner adds to the skeleton of ``pipeline.memory.planner``."""
 
-    sizes = [g for g in PROBE_GRAPHS if g <= max(len(split), 2)] or [1, 2]
-    mem = device_memory(device, target_gb)
-    target = torch.device(target_device) if target_device else device
-    if count_process is None:
-        count_process = target.type == "cpu"
-    baseline = process_baseline(model) if count_process else 0   # before probes grow the heap
+    def __init__(self, model: torch.nn.Module, split: Any,
+                 loss_fn: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, Any]], device: torch.device,
+                 max_graphs: int, teacher: torch.nn.Module | None, amp: bool, log: Callable[[str], None]) -> None:
+        self.model, self.split, self.device, self.max_graphs = model, split, device, max_graphs
+        self.teacher, self.log = teacher, log
+        self.step = backward_step(model, loss_fn, device, amp)
+        self.gen = torch.Generator().manual_seed(0)   # one stream for every measurement of this plan
+        self.checkpointing = False
 
-    def measure_and_plan(checkpointing: bool) -> tuple[MemoryBudget, BatchPlan]:
-        if hasattr(model, "gradient_checkpointing"):
-            model.gradient_checkpointing = checkpointing
-        rng_state = torch.get_rng_state()
-        fit = measure_activation_cost(run_step, make_batch, sizes, device, count=lambda b: (b.num_nodes, b.num_edges))
-        torch.set_rng_state(rng_state)   # probing must not shift the training RNG stream
-        model.zero_grad(set_to_none=True)
-        fit.mode = "measured, gradient checkpointing" if checkpointing else "measured"
-        fixed, static = fixed_overhead(target, mem.total), static_costs(model, teacher=teacher)
-        if count_process:
-            host_fixed, host_static = host_process_lines(baseline, mem.total)
-            fixed.update(host_fixed)
-            static.update(host_static)
-            # Pages of the mapped cache become resident as batches touch them.
-            static["graph cache pages (host)"] = tensor_bytes(getattr(split, "t", {}).values())
-        budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source,
-                              safety_factor=safety_factor, fixed=fixed, static=static, activation=fit)
+    def probes(self, variant: Any) -> Probes:
+        self.checkpointing = bool(variant)
+        if hasattr(self.model, "gradient_checkpointing"):
+            self.model.gradient_checkpointing = self.checkpointing
+        sizes = [g for g in PROBE_GRAPHS if g <= max(len(self.split), 2)] or [1, 2]
+        return Probes((self._batch(n) for n in sizes), self.step, lambda b: (b.num_nodes, b.num_edges))
+
+    def _batch(self, n: int) -> Any:
+        idx = torch.randperm(len(self.split), generator=self.gen)[: min(n, len(self.split))]
+        return self.split.collate(idx).to(self.device)
+
+    def fit(self, points: list[ProbePoint]) -> Measured:
+        fit = fit_line(points)
+        fit.mode = "measured, gradient checkpointing" if self.checkpointing else "measured"
+        return Measured(fit)
+
+    def host_lines(self) -> dict[str, int]:
+        # Pages of the mapped cache become resident as batches touch them.
+        return {"graph cache pages (host)": tensor_bytes(getattr(self.split, "t", {}).values())}
+
+    def size(self, budget: MemoryBudget, measured: Measured) -> BatchPlan:
         # Graph counts use the 95th-percentile graph; the node budget assumes the densest graph's
         # edges per node, so a batch of edge-dense windows (flooding) still fits.
-        plan = plan_batches(budget, float(nodes.quantile(0.95)), float(edges.quantile(0.95)), max_graphs=max_graphs,
-                            edges_per_node=densest)
-        plan.checkpointing = checkpointing
-        return budget, plan
+        nodes, edges = self.split.nodes_per_graph().double(), self.split.edges_per_graph().double()
+        densest = float((edges / nodes.clamp_min(1)).max()) if len(self.split) else 1.0
+        plan = plan_batches(budget, float(nodes.quantile(0.95)), float(edges.quantile(0.95)),
+                            max_graphs=self.max_graphs, edges_per_node=densest)
+        plan.checkpointing = self.checkpointing
+        return plan
 
-    budget, plan = measure_and_plan(False)
-    useful = min(USEFUL_GRAPHS, max_graphs)
-    if plan.graphs < useful and hasattr(model, "gradient_checkpointing"):
-        log(f"plan of {plan.graphs} graphs per batch is below {useful}; measuring with gradient checkpointing")
-        with_ckpt = measure_and_plan(True)
-        if with_ckpt[1].graphs > plan.graphs:
-            budget, plan = with_ckpt
-        else:
-            model.gradient_checkpointing = False
-    save_plan(plan_path, budget, plan, key)
-    log(f"memory budget:\n{budget.table()}\nplan: {plan.graphs} graphs, <= {plan.max_nodes} nodes per batch "
-        f"({plan.reason}; predicted peak {_fmt(plan.predicted_bytes)})")
-    if plan.graphs < min(USEFUL_GRAPHS, max_graphs):
-        log(f"warning: the plan allows only {plan.graphs} graphs per batch"
-            f"{' even with gradient checkpointing' if plan.checkpointing else ''}; levers: raise safety_factor, "
-            "lower model.hidden / model.heads, request more memory, or offload the teacher")
-    return budget, plan
+    def refine(self, first: Attempt[BatchPlan], measure: Callable[[Any], Attempt[BatchPlan]]) -> Attempt[BatchPlan]:
+        """Below USEFUL_GRAPHS per batch, measure again with gradient checkpointing; keep it if it fits more."""
+        useful = min(USEFUL_GRAPHS, self.max_graphs)
+        if first.plan.graphs >= useful or not hasattr(self.model, "gradient_checkpointing"):
+            return first
+        self.log(f"plan of {first.plan.graphs} graphs per batch is below {useful}; "
+                 "measuring with gradient checkpointing")
+        with_ckpt = measure(True)
+        if with_ckpt.plan.graphs > first.plan.graphs:
+            return with_ckpt
+        self.model.gradient_checkpointing = False
+        return first
+
+    def load(self, raw: dict[str, Any]) -> BatchPlan:
+        return BatchPlan(**raw)
+
+    def reused(self, plan: BatchPlan) -> str:
+        if hasattr(self.model, "gradient_checkpointing"):
+            self.model.gradient_checkpointing = plan.checkpointing
+        return f"{plan.graphs} graphs / {plan.max_nodes} nodes per batch"
+
+    def describe(self, plan: BatchPlan) -> str:
+        return (f"plan: {plan.graphs} graphs, <= {plan.max_nodes} nodes per batch "
+                f"({plan.reason}; predicted peak {format_bytes(plan.predicted_bytes)})")
+
+    def warning(self, plan: BatchPlan) -> str | None:
+        if plan.graphs >= min(USEFUL_GRAPHS, self.max_graphs):
+            return None
+        return (f"warning: the plan allows only {plan.graphs} graphs per batch"
+                f"{' even with gradient checkpointing' if plan.checkpointing else ''}; levers: raise safety_factor, "
+                "lower model.hidden / model.heads, request more memory, or offload the teacher")
 
 
 def save_plan(path: str | os.PathLike, budget: MemoryBudget, plan: BatchPlan, key: str) -> None:
-    payload = {"key": key, "budget": asdict(budget), "plan": asdict(plan)}
-    io.write_json(path, payload)
+    write_plan(path, key, budget, plan)
 
 
 def load_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, BatchPlan] | None:

@@ -3,17 +3,16 @@
 Probes are real sampled batches: four with the training mix of edge types at growing seed counts
 (they also fit how batch content grows with the seeds) and four with a skewed, random mix (so the
 per-type costs can be told apart). Each runs forward and backward under the live-tensor tracker
-(``max_memory_allocated`` on CUDA); ``pipeline.memory`` fits a cost per node type and per edge
-type and picks the largest seed count whose predicted peak fits. The plan is saved in the stage
-folder under a key of model, graph, sampling and device, and reused on resume.
+(``max_memory_allocated`` on CUDA) in the skeleton of ``pipeline.memory.planner``; this module fits
+a cost per node type and per edge type and picks the largest seed count whose predicted peak fits.
+The plan is saved in the stage folder under a key of model, graph, sampling and device, with the
+per-type fit and the batch composition beside it, and reused on resume.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,18 +20,20 @@ import torch
 from pipeline import io
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.sampler import LinkBatchLoader, allocate_seeds
-from pipeline.memory import (
+from pipeline.memory.budget import MemoryBudget, cached_plan, format_bytes, write_plan
+from pipeline.memory.limits import device_memory
+from pipeline.memory.measure import (
     HeteroActivationFit,
     HeteroProbePoint,
-    MemoryBudget,
-    _fmt,
-    cached_plan,
-    device_memory,
-    fixed_overhead,
-    host_process_lines,
-    measure_hetero_activation_cost,
-    process_baseline,
-    static_costs,
+    fit_hetero_line,
+)
+from pipeline.memory.planner import (
+    Measured,
+    PlanRequest,
+    Probes,
+    Workload,
+    backward_step,
+    plan_memory,
 )
 
 PROBE_SEEDS = (16, 32, 64, 128)
@@ -46,7 +47,7 @@ def kg_plan_key(model: torch.nn.Module, graph: KGGraph, loader: LinkBatchLoader,
                "device": str(device), "device_total": device_memory(device, target_gb).total,
                "safety_factor": safety_factor, "max_seed_edges": max_seed_edges,
                "target_gb": target_gb}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return io.digest(payload)
 
 
 def probe_sizes(total_train: int) -> list[int]:
@@ -62,70 +63,15 @@ def plan_kg_batches(model: torch.nn.Module, loader: LinkBatchLoader, loss_fn: Ca
                     target_device: str | None = None, amp: bool = False,
                     log: Callable[[str], None] = print) -> tuple[MemoryBudget, HeteroBatchPlan]:
     """Measure (or reuse) the per-type activation costs of ``model`` and size its link batches."""
-    cached = load_hetero_plan(plan_path, key)
-    if cached is not None:
-        log(f"memory plan reused from {plan_path}: {cached[1].seed_edges} seed edges per step")
-        return cached
-    graph = loader.graph
-    baseline = process_baseline(model)
-    counts = {k: n for k, n in loader.train_counts.items() if n}
-    sizes = probe_sizes(sum(counts.values()))
-    gen = torch.Generator().manual_seed(0)
-    rng = np.random.default_rng(0)
-
-    def probes():
-        for s in sizes:
-            yield loader.random_batch(allocate_seeds(counts, s), gen)
-        mid = sizes[len(sizes) // 2]
-        for _ in range(SKEWED_PROBES):
-            weights = rng.dirichlet(np.full(len(counts), 0.5))
-            yield loader.random_batch({k: max(1, min(n, int(round(mid * w))))
-                                       for (k, n), w in zip(counts.items(), weights)}, gen)
-
-    def run_step(batch) -> None:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            loss, _ = loss_fn(model, batch.to(device))
-        loss.backward()
-
-    rng_state = torch.get_rng_state()
-    fit = measure_hetero_activation_cost(run_step, probes(), device,
-                                         count=lambda b: (b.node_counts(), b.edge_counts()))
-    torch.set_rng_state(rng_state)  # probing must not shift the training RNG stream
-    model.zero_grad(set_to_none=True)
-    composition = fit_composition(sizes, fit.points[:len(sizes)], dict(graph.num_nodes),
-                                  {"__".join(mt): int(col.numel()) for mt, (_, col) in graph.csc.items()})
-    mem = device_memory(device, target_gb)
-    target = torch.device(target_device) if target_device else device
-    # A distilling teacher runs on every batch from the training device; on the host its parameters
-    # are already in the process's resident baseline.
-    static = static_costs(model, teacher=teacher if target.type != "cpu" else None)
-    fixed = fixed_overhead(target, mem.total)
-    if target.type == "cpu":
-        # On the host, the process itself (interpreter, torch, the cache's pages) shares the budget.
-        host_fixed, host_static = host_process_lines(baseline, mem.total)
-        static["graph arrays (host)"] = graph.host_bytes()
-        static.update(host_static)
-        fixed.update(host_fixed)
-    budget = MemoryBudget(device=str(target), total=mem.total, total_source=mem.source, safety_factor=safety_factor,
-                          fixed=fixed, static=static, activation=fit.pooled())
-    names = {k: f"e{k}" for k in counts}
-
-    def allocate(total: int) -> dict[str, int]:
-        return {names[k]: n for k, n in allocate_seeds(counts, total).items()}
-
-    plan = plan_hetero_batches(budget, fit, composition, allocate, max_seed_edges)
-    save_hetero_plan(plan_path, budget, fit, composition, plan, key)
-    log(f"memory budget:\n{budget.table()}\n{describe_plan(graph, plan)}")
-    return budget, plan
+    request = PlanRequest(device, safety_factor, plan_path, key, target_gb, target_device, log=log)
+    return plan_memory(LinkBatchWorkload(model, loader, loss_fn, device, max_seed_edges, teacher, amp), request)
 
 
 def describe_plan(graph: KGGraph, plan: HeteroBatchPlan) -> str:
     """The plan as text: seed edges and expected batch nodes per type, by their names."""
     nodes = ", ".join(f"{graph.type_name(t)} {n}" for t, n in sorted(plan.nodes.items()))
     return (f"plan: {plan.seed_edges} seed edges per step ({plan.reason}; predicted peak "
-            f"{_fmt(plan.predicted_bytes)}); expected batch nodes per type: {nodes}")
+            f"{format_bytes(plan.predicted_bytes)}); expected batch nodes per type: {nodes}")
 
 
 def plan_summary(plan: HeteroBatchPlan) -> dict[str, Any]:
@@ -194,8 +140,9 @@ def plan_hetero_batches(budget: MemoryBudget, fit: HeteroActivationFit, composit
 
     if usable <= 0 or predicted(1) > usable:
         raise MemoryError(
-            f"a batch of one seed edge needs {_fmt(predicted(1))} but only {_fmt(max(usable, 0))} is left for "
-            f"activations after {_fmt(budget.static_total + budget.fixed_total)} of static memory: lower "
+            f"a batch of one seed edge needs {format_bytes(predicted(1))} but only "
+            f"{format_bytes(max(usable, 0))} is left for "
+            f"activations after {format_bytes(budget.static_total + budget.fixed_total)} of static memory: lower "
             "kg_model dims or kg.fanouts, or request more memory")
     lo, hi = 1, max(1, max_seed_edges)
     if predicted(hi) <= usable:
@@ -211,10 +158,73 @@ def plan_hetero_batches(budget: MemoryBudget, fit: HeteroActivationFit, composit
                            reason=reason)
 
 
+@dataclass
+class HeteroFit:
+    """The KG planner's own fit, saved beside the budget as the plan file's "fit" and "composition"."""
+
+    fit: HeteroActivationFit
+    composition: CompositionFit
+
+
+class LinkBatchWorkload(Workload[HeteroBatchPlan]):
+    """Link batches of sampled neighbourhoods: what the KG planner adds to ``pipeline.memory.planner``."""
+
+    teacher_in_host_baseline = True
+    """A distilling teacher runs on every batch from the training device; on the host its parameters
+    are already in the process's resident baseline."""
+
+    def __init__(self, model: torch.nn.Module, loader: LinkBatchLoader, loss_fn: Callable, device: torch.device,
+                 max_seed_edges: int, teacher: torch.nn.Module | None, amp: bool) -> None:
+        self.model, self.loader, self.max_seed_edges, self.teacher = model, loader, max_seed_edges, teacher
+        self.counts = {k: n for k, n in loader.train_counts.items() if n}
+        self.sizes = probe_sizes(sum(self.counts.values()))
+        self.step = backward_step(model, loss_fn, device, amp, move_batch=True)
+        self.gen, self.rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+
+    def probes(self, variant: Any) -> Probes:
+        return Probes(self._batches(), self.step, lambda b: (b.node_counts(), b.edge_counts()), HeteroProbePoint)
+
+    def _batches(self) -> Iterator[Any]:
+        for s in self.sizes:
+            yield self.loader.random_batch(allocate_seeds(self.counts, s), self.gen)
+        mid = self.sizes[len(self.sizes) // 2]
+        for _ in range(SKEWED_PROBES):
+            weights = self.rng.dirichlet(np.full(len(self.counts), 0.5))
+            yield self.loader.random_batch({k: max(1, min(n, int(round(mid * w))))
+                                            for (k, n), w in zip(self.counts.items(), weights)}, self.gen)
+
+    def fit(self, points: list[HeteroProbePoint]) -> Measured:
+        fit = fit_hetero_line(points)
+        graph = self.loader.graph
+        composition = fit_composition(self.sizes, fit.points[:len(self.sizes)], dict(graph.num_nodes),
+                                      {"__".join(mt): int(col.numel()) for mt, (_, col) in graph.csc.items()})
+        return Measured(fit.pooled(), HeteroFit(fit, composition))
+
+    def host_lines(self) -> dict[str, int]:
+        return {"graph arrays (host)": self.loader.graph.host_bytes()}
+
+    def size(self, budget: MemoryBudget, measured: Measured) -> HeteroBatchPlan:
+        names = {k: f"e{k}" for k in self.counts}
+
+        def allocate(total: int) -> dict[str, int]:
+            return {names[k]: n for k, n in allocate_seeds(self.counts, total).items()}
+
+        detail: HeteroFit = measured.detail
+        return plan_hetero_batches(budget, detail.fit, detail.composition, allocate, self.max_seed_edges)
+
+    def load(self, raw: dict[str, Any]) -> HeteroBatchPlan:
+        return HeteroBatchPlan(**raw)
+
+    def reused(self, plan: HeteroBatchPlan) -> str:
+        return f"{plan.seed_edges} seed edges per step"
+
+    def describe(self, plan: HeteroBatchPlan) -> str:
+        return describe_plan(self.loader.graph, plan)
+
+
 def save_hetero_plan(path: str | os.PathLike, budget: MemoryBudget, fit: HeteroActivationFit,
                      composition: CompositionFit, plan: HeteroBatchPlan, key: str) -> None:
-    io.write_json(path, {"key": key, "budget": asdict(budget), "fit": asdict(fit),
-                         "composition": asdict(composition), "plan": asdict(plan)})
+    write_plan(path, key, budget, plan, HeteroFit(fit, composition))
 
 
 def load_hetero_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, HeteroBatchPlan] | None:
