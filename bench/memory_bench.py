@@ -19,8 +19,10 @@ import torch
 
 from bench.data_bench import ensure_cache, row
 from pipeline import io, memory
+from pipeline.can import plan as can_plan
 from pipeline.can.data.cache import GraphSplit
 from pipeline.can.data.loader import GraphLoader
+from pipeline.kg import plan as kg_plan
 
 EVAL_GRAPHS = (96, 128, 192, 256, 384, 512)
 BUDGETS_MB = (64, 128, 256, 512)
@@ -95,9 +97,9 @@ def _plan(model, split, loss_fn, device, target_gb: float | None):
     rows check (the real-cluster memory test does).
     """
     with tempfile.TemporaryDirectory() as tmp:
-        key = memory.plan_key(model, split, device, 0.9, 10**6, target_gb)
-        return memory.plan_graph_batches(model, split, loss_fn, device, 0.9, 10**6, Path(tmp) / "p.json", key,
-                                         target_gb=target_gb, count_process=False, log=lambda m: None)
+        key = can_plan.plan_key(model, split, device, 0.9, 10**6, target_gb)
+        return can_plan.plan_graph_batches(model, split, loss_fn, device, 0.9, 10**6, Path(tmp) / "p.json", key,
+                                           target_gb=target_gb, count_process=False, log=lambda m: None)
 
 
 def gat_memory_accuracy() -> list[dict[str, Any]]:
@@ -157,15 +159,15 @@ def _kg_graph(scale: float, seed: int = 0):
     return KGGraph.open(path)
 
 
-def _hetero_fit(plan_file: Path) -> tuple[memory.HeteroActivationFit, memory.CompositionFit]:
+def _hetero_fit(plan_file: Path) -> tuple[memory.HeteroActivationFit, kg_plan.CompositionFit]:
     """The per-type cost fit and the batch-composition fit the KG planner saved with its plan."""
     data = io.read_json(plan_file)
     fit = dict(data["fit"])
     fit["points"] = [memory.HeteroProbePoint(**p) for p in fit["points"]]
     comp = data["composition"]
-    composition = memory.CompositionFit({t: tuple(v) for t, v in comp["node_line"].items()},
-                                        {r: tuple(v) for r, v in comp["edge_line"].items()},
-                                        comp["node_cap"], comp["edge_cap"])
+    composition = kg_plan.CompositionFit({t: tuple(v) for t, v in comp["node_line"].items()},
+                                         {r: tuple(v) for r, v in comp["edge_line"].items()},
+                                         comp["node_cap"], comp["edge_cap"])
     return memory.HeteroActivationFit(**fit), composition
 
 
@@ -230,7 +232,7 @@ def hgt_memory_accuracy() -> list[dict[str, Any]]:
 
 
 def _hgt_no_oom_rows(name, model, loader, loss_fn, step, fit, composition, counts, device) -> list[dict[str, Any]]:
-    """Plan seed edges with memory.plan_hetero_batches for tensor budgets of several sizes, then
+    """Plan seed edges with kg_plan.plan_hetero_batches for tensor budgets of several sizes, then
     run 20 sampled batches of that many seed edges from the training loader."""
     from pipeline.kg.sampler import allocate_seeds
 
@@ -244,9 +246,9 @@ def _hgt_no_oom_rows(name, model, loader, loss_fn, step, fit, composition, count
                                      fixed=memory.fixed_overhead(target, total), static=static,
                                      activation=fit.pooled())
         try:
-            plan = memory.plan_hetero_batches(budget, fit, composition,
-                                              lambda n: {str(k): v for k, v in allocate_seeds(counts, n).items()},
-                                              HGT_MAX_SEED_EDGES)
+            plan = kg_plan.plan_hetero_batches(budget, fit, composition,
+                                               lambda n: {str(k): v for k, v in allocate_seeds(counts, n).items()},
+                                               HGT_MAX_SEED_EDGES)
         except MemoryError as exc:   # refusing a device too small is the planner's answer, not an OOM
             rows.append(row(name, f"{mb} MiB device, sf 0.9: plan refused ({exc})", 0))
             continue
