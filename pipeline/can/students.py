@@ -28,7 +28,6 @@ from pipeline.can.distill import (
 )
 from pipeline.can.models.gat import GATWithJK
 from pipeline.can.plan import BatchPlan, plan_graph_batches, plan_key
-from pipeline.memory import MiB
 from pipeline.train import Selection, Trainer, count_parameters, load_model, seed_everything
 
 CLASSIFIER_SELECTION = Selection("f1", "max", tie_metric="loss", tie_mode="min")
@@ -139,8 +138,7 @@ def fit_gat_student(ctx, data: StageData, name: str, alpha: float, teacher_path:
         model, gat_student_loss(setup.source, weights, distill.temperature, alpha), loader,
         validation_loader(data.val, cfg.batch_size, plan.max_nodes), validate_classifier, cfg, out_dir, ctx.log,
         device=device, selection=CLASSIFIER_SELECTION, resume_key=f"{ctx.fingerprint}:{name}",
-        memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1),
-                     **_metric_flags(report)},
+        memory_plan={**budget.planned(plan.predicted_bytes), **_metric_flags(report)},
     )
     result = trainer.fit()
     return {
@@ -189,8 +187,7 @@ def fit_vgae_student(ctx, data: StageData) -> dict[str, Any]:
         model, vgae_student_loss(setup.source, alpha), loader, validation_loader(data.val, cfg.batch_size, plan.max_nodes),
         validate_autoencoder, cfg, out_dir, ctx.log, device=device, selection=detector_selection(data.val),
         resume_key=f"{ctx.fingerprint}:vgae",
-        memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1),
-                     **_metric_flags(report)},
+        memory_plan={**budget.planned(plan.predicted_bytes), **_metric_flags(report)},
     )
     result = trainer.fit()
     detector = finish_detector(result.best_path, trainer.val_loader, device, out_dir)

@@ -26,7 +26,6 @@ from pipeline.kg.models.sage import HeteroSAGE
 from pipeline.kg.plan import describe_plan, kg_plan_key, plan_kg_batches, plan_summary
 from pipeline.kg.report import label_split, read_labels
 from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader
-from pipeline.memory import MiB
 from pipeline.train import Selection, Trainer, count_parameters
 
 SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min", profile_key="kg.val_fraction")
@@ -140,7 +139,6 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.n
                  len(val))
     trainer = Trainer(model, loss_fn, loader, val, validate_links, cfg, ctx.dir, ctx.log, device=device,
                       selection=SELECTION, resume_key=ctx.fingerprint,
-                      memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1),
-                                   "device_total_mb": round(budget.total / MiB, 1)})
+                      memory_plan=budget.planned(plan.predicted_bytes))
     result = trainer.fit()
     return {**result.record(), "batch_plan": plan_summary(plan), "steps_per_epoch": len(loader)}

@@ -110,6 +110,10 @@ class MemoryBudget:
     def usable_for_activations(self) -> int:
         return int(self.total * self.safety_factor) - self.fixed_total - self.static_total
 
+    def planned(self, predicted_bytes: int) -> dict[str, float]:
+        """The plan's figures every metrics.jsonl line carries, beside the measured peak."""
+        return {"planned_mb": round(predicted_bytes / MiB, 1), "device_total_mb": round(self.total / MiB, 1)}
+
     def table(self) -> str:
         rows = [("device", f"{self.device} ({self.total_source})"), ("device total", format_bytes(self.total)),
                 (f"x safety_factor {self.safety_factor}", format_bytes(self.total * self.safety_factor))]

@@ -24,7 +24,6 @@ from pipeline.can.detector import (
     vgae_loss,
 )
 from pipeline.can.plan import plan_graph_batches, plan_key
-from pipeline.memory import MiB
 from pipeline.train import Trainer, count_parameters, seed_everything
 
 
@@ -49,7 +48,7 @@ def run(ctx) -> dict[str, Any]:
         validation_loader(val_split, cfg.batch_size, plan.max_nodes),
         validate_autoencoder, cfg, ctx.dir, ctx.log,
         device=device, selection=detector_selection(val_split), resume_key=ctx.fingerprint,
-        memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1)},
+        memory_plan=budget.planned(plan.predicted_bytes),
     )
     result = trainer.fit()
     detector = finish_detector(result.best_path, trainer.val_loader, device, ctx.dir)

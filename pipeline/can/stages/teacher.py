@@ -13,7 +13,6 @@ from pipeline.can.classifier import build_model, class_weights, cross_entropy_lo
 from pipeline.can.data.cache import StageData
 from pipeline.can.data.loader import GraphLoader, validation_loader
 from pipeline.can.plan import plan_graph_batches, plan_key
-from pipeline.memory import MiB
 from pipeline.train import Selection, Trainer, count_parameters, seed_everything
 
 
@@ -45,7 +44,7 @@ def run(ctx) -> dict[str, Any]:
         device=device,
         selection=Selection("f1", "max", tie_metric="loss", tie_mode="min"),
         resume_key=ctx.fingerprint,
-        memory_plan={"planned_mb": round(plan.predicted_bytes / MiB, 1), "device_total_mb": round(budget.total / MiB, 1)},
+        memory_plan=budget.planned(plan.predicted_bytes),
     )
     result = trainer.fit()
     return {
