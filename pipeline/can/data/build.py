@@ -124,24 +124,22 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
     reading, computing and writing overlap; at most ``PREFETCH + 1`` files' columns are in memory at
     once. Splits list their graphs in discovery order whatever the processing order.
     """
-    window, stride = params["window"], params["stride"]
-    entries = [s.manifest_entry() for s in sources]
+    window = params["window"]
     splits: dict[str, Future] = {}
     scenarios = sorted({s.scenario for s in sources if s.role == "test"})
     group_of = {i: ("train" if s.role == "train" else s.scenario) for i, s in enumerate(sources)}
     to_read = processing_order(sources)
-    parts: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {n: [] for n in ("train", "val", *scenarios)}
-    vocab_ids: list[np.ndarray] = []
+    gathered = _Gathered(sources, window, params["stride"], data.val_fraction, log)
     vocab: np.ndarray | None = None
 
     with ThreadPoolExecutor(LOADERS, thread_name_prefix="preprocess-read") as reader, \
             ThreadPoolExecutor(WRITERS, thread_name_prefix="preprocess-write") as writer:
         def finish(names: tuple[str, ...]) -> None:
             for name in names:
-                if name == "train" and sum(len(p["y"]) for _, p in parts[name]) == 0:
+                parts = gathered.take(name)
+                if name == "train" and sum(len(p["y"]) for _, p in parts) == 0:
                     raise ValueError(f"no train windows: every train file is shorter than one window of {window} rows")
-                splits[name] = writer.submit(_write_split, name, parts[name], vocab, window, out, log)
-                parts[name] = []
+                splits[name] = writer.submit(_write_split, name, parts, vocab, window, out, log)
 
         def load(index: int) -> RawCanLog:
             return load_can_log(sources[index].path, data.layout, data.limit_rows, data.bad_rows,
@@ -152,29 +150,16 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
         progress.update(len(sources) - len(to_read))
         pending = deque(reader.submit(load, i) for i in to_read[:PREFETCH])
         for k, index in enumerate(to_read):
-            src = sources[index]
             can = pending.popleft().result().decode()
             if k + PREFETCH < len(to_read):
                 pending.append(reader.submit(load, to_read[k + PREFETCH]))
-            entries[index].update(rows=len(can), bad_rows=can.bad_rows, padded_rows=can.padded_rows)
-            if src.role == "train":
-                train, val, block = window_train_file(can, window, stride, data.val_fraction, index)
-                vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
-                parts["train"].append((index, train))
-                parts["val"].append((index, val))
-                entries[index]["validation"] = validation_record(block, train, val)
-                log.info("%s: %d rows (%d bad), %s", src.rel, len(can), can.bad_rows,
-                         describe_validation(entries[index]["validation"]))
-            else:
-                parts[src.scenario].append((index, build_graphs_raw(can, window, stride, source=index)))
-                log.info("%s: %d rows (%d bad), %d windows [%s]", src.rel, len(can), can.bad_rows,
-                         len(parts[src.scenario][-1][1]["y"]), src.scenario)
+            gathered.add(index, can)
             del can
-            progress.set_postfix_str(src.rel, refresh=False)
+            progress.set_postfix_str(sources[index].rel, refresh=False)
             progress.update(1)
             nxt = group_of[to_read[k + 1]] if k + 1 < len(to_read) else None
             if group_of[index] == "train" and nxt != "train":
-                vocab = fit_vocab(vocab_ids)
+                vocab = fit_vocab(gathered.vocab_ids)
                 finish(("train", "val"))
             elif group_of[index] != "train" and nxt != group_of[index]:
                 finish((group_of[index],))
@@ -183,18 +168,44 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
             raise ValueError("no train file could be read (all duplicates?)")
         finish(tuple(name for name in scenarios if name not in splits))
         written = {name: splits[name].result() for name in ("train", "val", *scenarios)}
-    return {
-        "key": key,
-        "params": params,
-        "sources": entries,
-        "vocab": [int(v) for v in vocab],
-        "node_features": list(NODE_FEATURES),
-        "edge_features": list(EDGE_FEATURES),
-        "splits": written,
-        "split_version": SPLIT_VERSION,
-        "scenarios": scenarios,
-        "bad_rows_total": int(sum(e["bad_rows"] for e in entries)),
-    }
+    return {"key": key, "params": params, "sources": gathered.entries, "vocab": [int(v) for v in vocab],
+            "node_features": list(NODE_FEATURES), "edge_features": list(EDGE_FEATURES), "splits": written,
+            "split_version": SPLIT_VERSION, "scenarios": scenarios,
+            "bad_rows_total": int(sum(e["bad_rows"] for e in gathered.entries))}
+
+
+class _Gathered:
+    """What ``build_cache`` collects file by file: each split's window graphs (tagged with their
+    file's index), the manifest entry of every file, and the CAN ids of the train windows."""
+
+    def __init__(self, sources: list[SourceFile], window: int, stride: int, val_fraction: float,
+                 log: logging.Logger):
+        self.sources, self.window, self.stride, self.val_fraction, self.log = sources, window, stride, val_fraction, log
+        self.entries = [s.manifest_entry() for s in sources]
+        self.parts: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {}
+        self.vocab_ids: list[np.ndarray] = []
+
+    def add(self, index: int, can: CanLog) -> None:
+        """Window one parsed file into its split(s) and record it in the manifest."""
+        src, entry = self.sources[index], self.entries[index]
+        entry.update(rows=len(can), bad_rows=can.bad_rows, padded_rows=can.padded_rows)
+        if src.role == "train":
+            train, val, block = window_train_file(can, self.window, self.stride, self.val_fraction, index)
+            self.vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
+            self.parts.setdefault("train", []).append((index, train))
+            self.parts.setdefault("val", []).append((index, val))
+            entry["validation"] = validation_record(block, train, val)
+            self.log.info("%s: %d rows (%d bad), %s", src.rel, len(can), can.bad_rows,
+                          describe_validation(entry["validation"]))
+        else:
+            graphs = build_graphs_raw(can, self.window, self.stride, source=index)
+            self.parts.setdefault(src.scenario, []).append((index, graphs))
+            self.log.info("%s: %d rows (%d bad), %d windows [%s]", src.rel, len(can), can.bad_rows,
+                          len(graphs["y"]), src.scenario)
+
+    def take(self, name: str) -> list[tuple[int, dict[str, torch.Tensor]]]:
+        """A finished split's graphs, handed over (and forgotten here, so they can be freed once written)."""
+        return self.parts.pop(name, [])
 
 
 def window_train_file(can: CanLog, window: int, stride: int, val_fraction: float, source: int
