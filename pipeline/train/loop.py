@@ -26,6 +26,10 @@ wrapper: it must call ``model(batch)`` (the forward) for gradients to be synchro
 are summed over ranks, rank 0 validates and broadcasts the metrics (so every rank takes the same
 early-stopping decision), and only rank 0 writes checkpoint.pt, best.pt and metrics.jsonl; the
 checkpoint holds every rank's RNG state, so resume stays exact at the same world size.
+
+The module runs a little past 400 lines on purpose: the Trainer is one class with one method per
+step (as torchtitan's trainer is), so a stage with an unusual schedule overrides a step; what is
+not a step (the checkpoint format, file layout, selection, seeding) lives in its own module.
 """
 from __future__ import annotations
 
