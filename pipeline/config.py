@@ -179,6 +179,17 @@ class Profile(Section):
         base = self.resources.get("default", Resources())
         return self.resources.get(stage, Resources()).over(base)
 
+    def plan_target(self, stage: str) -> tuple[str, float]:
+        """The device a stage's batches are planned for (``make plan``): ``cuda`` with one GPU's
+        memory when it gets GPUs, else ``cpu`` with its host memory, in GB."""
+        res = self.resources_for(stage)
+        device, key = ("cuda", "gpu_mem_gb") if res.gpus else ("cpu", "mem_gb")
+        target_gb = getattr(res, key)
+        if target_gb is None:
+            raise ProfileError(f"profile {self.name}: resources.{stage}.{key} is not set; make plan needs the "
+                               "memory of the device the stage will get")
+        return device, target_gb
+
     def sections(self, names: tuple[str, ...]) -> dict[str, Any]:
         """The values of the named sections (top-level keys or dotted sub-sections), as plain data.
 

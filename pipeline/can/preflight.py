@@ -19,7 +19,6 @@ from pipeline import io
 from pipeline.can.config import CanProfile
 from pipeline.can.data.cache import GraphSplit
 from pipeline.can.plan import BatchPlan, plan_graph_batches, plan_key
-from pipeline.errors import UserError
 from pipeline.memory import MemoryBudget
 
 PREFLIGHT_ROWS = 20_000
@@ -78,12 +77,7 @@ def preflight(profile: CanProfile, log: logging.Logger | None = None) -> list[tu
         for stage in profile.stages:
             if stage not in MODEL_SETUP:
                 continue
-            res = profile.resources_for(stage)
-            on_gpu = bool(res.gpus)
-            target_gb = res.gpu_mem_gb if on_gpu else res.mem_gb
-            if target_gb is None:
-                raise UserError(f"profile {profile.name}: resources.{stage}.{'gpu_mem_gb' if on_gpu else 'mem_gb'} "
-                                "is not set; make plan needs the memory of the device the stage will get")
+            target_device, target_gb = profile.plan_target(stage)
             torch.manual_seed(profile.train.seed)
             model, loss_fn = MODEL_SETUP[stage](profile, manifest, split)
             cpu = torch.device("cpu")
@@ -91,7 +85,7 @@ def preflight(profile: CanProfile, log: logging.Logger | None = None) -> list[tu
             budget, plan = plan_graph_batches(
                 model, split, loss_fn, cpu, profile.safety_factor, profile.train.batch_size,
                 Path(tmp) / f"{stage}-plan.json", key, target_gb=target_gb,
-                target_device="cuda" if on_gpu else "cpu", amp=False, log=lambda msg: None)
+                target_device=target_device, amp=False, log=lambda msg: None)
             results.append((stage, budget, plan))
     return results
 

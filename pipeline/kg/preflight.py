@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import UserError
 from pipeline.kg.build import kg_preprocess
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.config import KGProfile
@@ -45,12 +44,7 @@ def kg_preflight(profile: KGProfile, log: logging.Logger | None = None) -> tuple
     plans = []
     with tempfile.TemporaryDirectory(prefix="preflight-") as tmp:
         for stage in (s for s in profile.stages if s in TRAINING_STAGES):
-            res = profile.resources_for(stage)
-            on_gpu = bool(res.gpus)
-            target_gb = res.gpu_mem_gb if on_gpu else res.mem_gb
-            if target_gb is None:
-                raise UserError(f"profile {profile.name}: resources.{stage}.{'gpu_mem_gb' if on_gpu else 'mem_gb'} "
-                                "is not set; make plan needs the memory of the device the stage will get")
+            target_device, target_gb = profile.plan_target(stage)
             torch.manual_seed(profile.train.seed)
             teacher = None
             if stage == "teacher":
@@ -68,7 +62,7 @@ def kg_preflight(profile: KGProfile, log: logging.Logger | None = None) -> tuple
             key = kg_plan_key(model, graph, loader, cpu, profile.safety_factor, kg.max_seed_edges, target_gb)
             budget, plan = plan_kg_batches(model, loader, loss_fn, cpu, profile.safety_factor, kg.max_seed_edges,
                                            Path(tmp) / f"{stage}-plan.json", key, teacher=teacher,
-                                           target_gb=target_gb, target_device="cuda" if on_gpu else "cpu",
+                                           target_gb=target_gb, target_device=target_device,
                                            log=lambda msg: None)
             plans.append(KGStagePlan(stage, budget, plan, sum(p.numel() for p in model.parameters())))
     return graph, plans
