@@ -2,7 +2,7 @@
 
 A split file is a ``torch.save`` dict of:
 
-    x          float32 [N, F_node]   continuous node features (see README "Graph features")
+    x          float32 [N, F_node]   continuous node features (see docs/can.md, "Graph features")
     node_id    int64   [N]           vocabulary index of each node's CAN id (0 = out of vocabulary)
     edge_index int32   [2, E]        edge endpoints, local to their graph
     edge_attr  float32 [E, F_edge]   edge features
