@@ -4,16 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import pipeline.kg.sampler as sampler_mod
-from pipeline.kg.sampler import (
-    LinkBatchLoader,
-    LinkEvalLoader,
-    PygNeighborSampler,
-    TorchNeighborSampler,
-    allocate_seeds,
-    corrupt,
-    make_neighbor_sampler,
-)
+import pipeline.kg.neighbors as neighbors_mod
+from pipeline.kg.neighbors import PygNeighborSampler, TorchNeighborSampler, make_neighbor_sampler
+from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader, allocate_seeds, corrupt
 from tests.kg_helpers import (
     single_thread,  # noqa: F401  (autouse fixture)
     small_graph,
@@ -123,7 +116,7 @@ def test_eval_loader_ranks_against_shared_candidates(graph):
 # -- backends -----------------------------------------------------------------------------------------
 
 def test_falls_back_to_pure_torch_without_pyg_kernels(graph, monkeypatch):
-    monkeypatch.setattr(sampler_mod, "pyg_sampling_available", lambda: False)
+    monkeypatch.setattr(neighbors_mod, "pyg_sampling_available", lambda: False)
     assert isinstance(make_neighbor_sampler(graph, [2], "auto"), TorchNeighborSampler)
     with pytest.raises(ImportError, match="pyg-lib or torch-sparse"):
         make_neighbor_sampler(graph, [2], "pyg")
@@ -131,7 +124,7 @@ def test_falls_back_to_pure_torch_without_pyg_kernels(graph, monkeypatch):
 
 def test_this_machine_has_no_pyg_kernels_and_training_still_samples(graph):
     """The situation the pure-torch sampler exists for: NeighborLoader cannot run here."""
-    if sampler_mod.pyg_sampling_available():
+    if neighbors_mod.pyg_sampling_available():
         pytest.skip("pyg-lib or torch-sparse is installed here")
     assert isinstance(LinkBatchLoader(graph, 16, [2]).sampler, TorchNeighborSampler)
 
@@ -154,7 +147,7 @@ def test_uses_pyg_sampler_when_kernels_are_importable(graph, monkeypatch):
             return HeteroSamplerOutput(node=nodes, row={k: v[0] for k, v in edges.items()},
                                        col={k: v[1] for k, v in edges.items()}, edge=None)
 
-    monkeypatch.setattr(sampler_mod, "pyg_sampling_available", lambda: True)
+    monkeypatch.setattr(neighbors_mod, "pyg_sampling_available", lambda: True)
     monkeypatch.setattr(pyg_sampler, "NeighborSampler", FakeNeighborSampler)
     loader = LinkBatchLoader(graph, 32, [2, 1], sampler="auto")
     assert isinstance(loader.sampler, PygNeighborSampler)
