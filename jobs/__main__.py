@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs import launch, status
+from jobs import local, resume, status, submit
 from jobs.errors import StageFailed
 from pipeline.errors import debug_enabled, is_expected, one_line, report
 
@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "submit":
-            launch.submit(args.profile, args.overrides, seeds=args.seeds, runs_root=args.runs_root)
+            submit.submit(args.profile, args.overrides, seeds=args.seeds, runs_root=args.runs_root)
         elif args.command == "dry-run":
-            launch.dry_run(args.profile, args.overrides, runs_root=args.runs_root)
+            local.dry_run(args.profile, args.overrides, runs_root=args.runs_root)
         elif args.command == "status":
             print(status.status_report(args.run))
         elif args.command == "resume":
-            launch.resume(args.run, args.overrides)
+            resume.resume(args.run, args.overrides)
         elif args.command == "plan":
             from pipeline.config import load_profile
             from pipeline.stages import resolve, workload

@@ -15,13 +15,14 @@ from submitit.slurm.slurm import SlurmExecutor
 from jobs import slurm
 from jobs.__main__ import main
 from jobs.errors import LaunchError
-from jobs.launch import SlurmLauncher, failure_summary
+from jobs.launch import failure_summary
 from jobs.records import latest_records
 from jobs.resources import executor_parameters
 from jobs.selection import chain_dependencies, done_states, plan_resume
 from jobs.slurm import SacctJob, array_base, expand_array_record, parse_elapsed, parse_rss_mb, parse_sacct
 from jobs.stage_job import StageJob, limit_threads
 from jobs.status import current_status, memory_plan_summary, resolve_state, stage_rows
+from jobs.submit import SlurmLauncher
 from jobs.sweep import group_submissions, sweep_profiles, sweep_runs
 from pipeline.config import load_profile
 from pipeline.runner import fingerprint_for
