@@ -56,10 +56,25 @@ def selected(only: list[str] | None) -> list[str]:
 def merged(rows: list[dict[str, Any]], ran: set[str]) -> list[dict[str, Any]]:
     """New rows plus the previous results of benchmarks not run this time (``--only``), in registry order."""
     previous = RESULTS_DIR / "results.json"
-    old = io.read_json(previous).get("rows", []) if previous.exists() else []
+    old = io.read_json(previous).get("rows", []) if previous.exists() else _table_rows(RESULTS_DIR / "table.md")
     keep = [r for r in old if r.get("benchmark") not in ran]
     order = {s.partition(":")[2]: i for i, s in enumerate(BENCHMARKS)}
     return sorted(keep + rows, key=lambda r: order.get(r.get("benchmark"), len(order)))
+
+
+def _table_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a committed table.md, as text cells (results.json is not tracked; without it a run
+    of some benchmarks must keep the others' rows all the same)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == len(COLUMNS):
+            row: dict[str, Any] = dict(zip(COLUMNS, cells))
+            row["ok"] = {"yes": True, "**NO**": False}.get(row["ok"])
+            rows.append(row)
+    return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
