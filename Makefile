@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The venv's exact torch (the CPU wheel here); pyproject.toml holds only the supported ranges.
+CONSTRAINTS := constraints/local.txt
+PIP_INSTALL := $(PY) -m pip install -q -c $(CONSTRAINTS)
 PROFILE ?= local
 RUN ?=
 SEEDS ?= 1
@@ -27,12 +30,13 @@ help:
 
 venv: $(STAMP)
 
-# pip takes torch==2.13.0 first so that nothing later resolves a newer (CUDA) build.
-$(STAMP): pyproject.toml
+# pip takes the constrained torch first, and every install reads the constraints, so that nothing
+# later resolves a newer (CUDA) build.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) torch
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
