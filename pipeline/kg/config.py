@@ -30,11 +30,15 @@ class KGNetConfig(Section):
     """Output head on the last layer, or on all layers' outputs concatenated (jumping knowledge)."""
     id_min_degree: int = Field(0, ge=0)
     """Nodes with fewer training edges share one embedding row per type (0: every node has its own)."""
+    decoder: Literal["distmult", "complex", "rotate"] = "distmult"
+    """Link score on the embeddings (``pipeline.kg.decoders``); complex and rotate need an even ``out``."""
 
     @model_validator(mode="after")
     def _divisible_by_heads(self) -> "KGNetConfig":
         if self.kind == "hgt" and (self.hidden % self.heads or self.out % self.heads):
             raise ValueError(f"hidden ({self.hidden}) and out ({self.out}) must be divisible by heads ({self.heads})")
+        if self.decoder != "distmult" and self.out % 2:
+            raise ValueError(f"decoder {self.decoder} reads the embedding as complex halves: out ({self.out}) must be even")
         return self
 
 
@@ -83,7 +87,9 @@ class KGConfig(Section):
     val_edges_per_type: int = Field(500, ge=1)
     """Validation edges per edge type scored after each epoch."""
     eval_negatives: int = Field(100, ge=1)
-    """Corrupted tails each held-out edge is ranked against (MRR; AUC pools them)."""
+    """Corrupted tails each held-out edge is ranked against (sampled, unfiltered MRR; AUC pools them)."""
+    filtered_candidates: int = Field(500, ge=1)
+    """Candidates per query of the filtered ranks when a full ranking does not fit the budget (OGB's K)."""
     export_edges: Literal["all", "train"] = "all"
     """Graph the exported embeddings read. all: every edge of the file, held-out ones included (what
     downstream use wants); train: the training graph only. The report's link prediction always

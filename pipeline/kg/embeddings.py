@@ -15,10 +15,14 @@ import torch
 from pipeline import io
 from pipeline.kg.cache import KGGraph
 from pipeline.kg.inference import embed_nodes
+from pipeline.kg.ranking import EmbeddingScorer, filtered_link_prediction
+from pipeline.memory import device_memory
 from pipeline.kg.report import geometry, label_f1, link_prediction, markdown, mean_link_metrics, pca_plot, sample_nodes
 
 ROLES = ("teacher", "student")
 WRITE_ROWS = 16_384
+RANKING_SHARE = 0.25
+"""Share of the host budget for filtered-rank score chunks; the rest holds the embeddings and the process."""
 
 
 def export_model(profile, graph: KGGraph, export_graph: KGGraph, model, role: str, out: Path,
@@ -40,16 +44,29 @@ def export_model(profile, graph: KGGraph, export_graph: KGGraph, model, role: st
         return emb
 
     emb = embeddings(graph, "the training graph")
-    links = link_prediction(emb, model.rel.detach().cpu(), graph, kg.eval_negatives, seed=kg.split_seed)
+    model.cpu()
+    links = link_prediction(emb, model.rel.detach(), graph, kg.eval_negatives, seed=kg.split_seed, decoder=model.decoder)
+    started = time.perf_counter()
+    filtered = filtered_link_prediction(graph, EmbeddingScorer(model, graph, emb),
+                                        ranking_budget(profile.safety_factor), kg.filtered_candidates, kg.split_seed)
+    if progress:
+        progress(f"{role}: filtered ranks of the test edges in {time.perf_counter() - started:.1f}s")
     if export_graph is not graph:
         model.set_degrees(export_graph.csc)
         emb = embeddings(export_graph, "every edge")
     write_embeddings(graph, emb, out / "embeddings.parquet", out / "embeddings.csv")
-    return embedding_report(profile, graph, emb, links, model, role, out, inference_s)
+    return embedding_report(profile, graph, emb, links, model, role, out, inference_s, filtered)
+
+
+def ranking_budget(safety_factor: float) -> int:
+    """Bytes a chunk of filtered-rank scores may take: a share of the host's memory budget (ranks
+    are computed on the host, beside the embedding tables)."""
+    return int(device_memory(torch.device("cpu")).total * safety_factor * RANKING_SHARE)
 
 
 def embedding_report(profile, graph: KGGraph, emb: dict[str, np.ndarray], links: dict[str, dict[str, Any]], model,
-                     role: str, out: Path, inference_s: float) -> dict[str, Any]:
+                     role: str, out: Path, inference_s: float, filtered: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
     """The report of one model's exported embeddings ``emb`` and its held-out link metrics ``links``
     (scored on training-graph embeddings); writes report.json, report.md and pca.png."""
     kg = profile.kg
@@ -63,7 +80,8 @@ def embedding_report(profile, graph: KGGraph, emb: dict[str, np.ndarray], links:
     report = {"model": type(model).__name__, "role": role, "dim": int(next(iter(emb.values())).shape[1]),
               "nodes": int(sum(a.shape[0] for a in emb.values())), "embedding_edges": kg.export_edges,
               "geometry": geo, "negatives": kg.eval_negatives,
-              "link_prediction": links, "link_prediction_mean": mean_link_metrics(links), "labels": labels,
+              "link_prediction": links, "link_prediction_mean": mean_link_metrics(links),
+              "link_prediction_filtered": filtered, "decoder": getattr(model, "decoder", "distmult"), "labels": labels,
               "edge_split": {"val_fraction": kg.val_fraction, "test_fraction": kg.test_fraction,
                              "holdout_max": kg.holdout_max, "split_seed": kg.split_seed,
                              "rule": "per edge type; every node keeps one random training edge"},
@@ -98,6 +116,9 @@ def write_embeddings(graph: KGGraph, emb: dict[str, np.ndarray], parquet_path: P
 def headline_numbers(report: dict[str, Any]) -> dict[str, Any]:
     out = {"mean_cosine": report["geometry"]["mean_cosine"], "pca_components_90": report["geometry"]["pca_components_90"],
            "link_auc": report["link_prediction_mean"]["auc"], "link_mrr": report["link_prediction_mean"]["mrr"]}
+    if report.get("link_prediction_filtered"):
+        out["filtered_mrr"] = report["link_prediction_filtered"]["mean_over_relations"]["mrr"]
+        out["filtered_hits@10"] = report["link_prediction_filtered"]["mean_over_relations"]["hits@10"]
     if report.get("labels"):
         out["label_macro_f1"] = report["labels"]["macro_f1"]
         spread = report["labels"]["macro_f1_over_splits"]

@@ -48,7 +48,7 @@ def contrastive(model: nn.Module, emb: dict[str, torch.Tensor], batch: KGBatch, 
     for t in batch.targets:
         if t.pos.shape[1] < 2:
             continue
-        q = F.normalize(emb[t.src_type][t.pos[0]] * model.rel[t.edge_type], dim=-1)
+        q = F.normalize(model.tail_query(t.edge_type, emb[t.src_type][t.pos[0]]), dim=-1)
         k = F.normalize(emb[t.dst_type][t.pos[1]], dim=-1)
         logits = (q @ k.T).float() / temperature
         losses.append(F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device)))

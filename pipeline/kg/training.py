@@ -42,7 +42,7 @@ def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None
                 num_edge_types=len(graph.edge_types), hidden=net.hidden, out=net.out, heads=net.heads,
                 layers=net.layers, dropout=net.dropout, align_dim=align_dim, jk=net.jk,
                 id_min_degree=net.id_min_degree, num_classes=num_classes, label_head=label_head,
-                label_input_types=list(input_labels or {}))
+                label_input_types=list(input_labels or {}), decoder=net.decoder)
     model.set_degrees(graph.csc)
     model.assign_id_rows(graph.csc)
     if input_labels:

@@ -1,5 +1,6 @@
 """What the knowledge-graph encoders (HGT, GraphSAGE) share: learnable node embeddings, a per-type
-output head, a DistMult link scorer, and a layer-by-layer interface.
+output head, a link decoder (DistMult, ComplEx or RotatE: ``pipeline.kg.decoders``), and a
+layer-by-layer interface.
 
 The graphs have no node features, so every node starts from a learnable embedding of its id
 within its type, plus a projection of its structural features: log(1 + degree) per incoming
@@ -35,11 +36,12 @@ forward pass.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
+
+from pipeline.kg import decoders
 
 EMBED_STD = 1.0
 """Init scale of the node embeddings (nn.Embedding's default). Much smaller and the per-type
@@ -57,13 +59,14 @@ class KGEncoder(nn.Module):
                  hidden: int = 256, out: int = 512, layers: int = 2, dropout: float = 0.1,
                  align_dim: int | None = None, degree_features: bool = True, jk: str = "last",
                  id_min_degree: int = 0, num_classes: int = 0, label_head: bool = True,
-                 label_input_types: list[str] | tuple[str, ...] = (), **extra: Any):
+                 label_input_types: list[str] | tuple[str, ...] = (), decoder: str = "distmult", **extra: Any):
         super().__init__()
         self.model_kwargs: dict[str, Any] = dict(
             num_nodes=dict(num_nodes), message_types=[list(m) for m in message_types],
             num_edge_types=num_edge_types, hidden=hidden, out=out, layers=layers, dropout=dropout,
             align_dim=align_dim, degree_features=degree_features, jk=jk, id_min_degree=id_min_degree,
-            num_classes=num_classes, label_head=label_head, label_input_types=list(label_input_types), **extra)
+            num_classes=num_classes, label_head=label_head, label_input_types=list(label_input_types),
+            decoder=decoder, **extra)
         self.node_types = list(num_nodes)
         self.num_nodes_of = dict(num_nodes)
         self.message_types = [tuple(m) for m in message_types]
@@ -89,8 +92,9 @@ class KGEncoder(nn.Module):
         self.jk = jk
         head_in = hidden * (layers + 1) if jk == "cat" else hidden
         self.head = nn.ModuleDict({t: nn.Linear(head_in, out, bias=False) for t in num_nodes})
-        self.rel = nn.Parameter(torch.ones(num_edge_types, out))
-        """Diagonal DistMult relation of each (undirected) edge type."""
+        self.decoder = decoder
+        self.rel = nn.Parameter(decoders.relation_init(decoder, num_edge_types, out))
+        """Relation parameters of each (undirected) edge type, as the decoder reads them."""
         self.rel_bias = nn.Parameter(torch.zeros(num_edge_types))
         """Logit offset per edge type. Without it the model manufactures one from a large shared
         offset of every embedding of a type, and the embeddings collapse onto that direction."""
@@ -216,10 +220,20 @@ class KGEncoder(nn.Module):
 
     # -- scoring -------------------------------------------------------------------
     def score(self, edge_type: int, h_src: torch.Tensor, h_dst: torch.Tensor) -> torch.Tensor:
-        """DistMult logit of (src, edge type, dst), scaled by 1/sqrt(width) to start unsaturated,
-        plus the edge type's offset."""
-        dot = (h_src * self.rel[edge_type] * h_dst).sum(-1) / math.sqrt(h_src.shape[-1])
-        return dot + self.rel_bias[edge_type]
+        """Logit of (src, edge type, dst) pairs (broadcast), by the model's decoder."""
+        return decoders.score(self.decoder, self.rel[edge_type], self.rel_bias[edge_type], h_src, h_dst)
+
+    def tail_query(self, edge_type: int, h_src: torch.Tensor) -> torch.Tensor:
+        """What candidate tails are ranked against (``rank_scores``), from the heads' embeddings."""
+        return decoders.tail_query(self.decoder, self.rel[edge_type], h_src)
+
+    def head_query(self, edge_type: int, h_dst: torch.Tensor) -> torch.Tensor:
+        """What candidate heads are ranked against, from the tails' embeddings."""
+        return decoders.head_query(self.decoder, self.rel[edge_type], h_dst)
+
+    def rank_scores(self, edge_type: int, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Logits [P, N] of queries [P, D] against candidate embeddings [N, D]."""
+        return decoders.rank_scores(self.decoder, self.rel_bias[edge_type], query, candidates)
 
     def _ordered(self, edge_index: dict) -> dict:
         """Message types in metadata order, non-empty only (HGTConv relies on the order)."""
