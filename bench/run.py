@@ -32,6 +32,7 @@ BENCHMARKS: list[str] = [
     "bench.kg_bench:kg_export",
     "bench.kg_bench:kg_full_batch",
     "bench.kg_quality:acm_structural_baselines",
+    "bench.kg_peers:kg_peers",
 ]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = ("benchmark", "metric", "value", "target", "ok")
