@@ -6,7 +6,8 @@ The result is a table of (model, split) rows: every classifier an upstream stage
 teacher, the KD student, the same student without KD, the curriculum student) and, below it, every
 anomaly detector (the VGAE and its student: AUROC of the reconstruction error and F1 at the
 threshold chosen on validation). Each model also gets its parameter count and its CPU inference
-latency per 1,000 graphs, so accuracy is read next to what it costs.
+latency per 1,000 graphs, so accuracy is read next to what it costs. Every model's per-window
+scores are kept in ``scores/<model>.npz`` (``pipeline.can.scores``), for the report's curves.
 
 A split without attack windows (a scenario whose attacks remove messages, so no message is
 labelled) has no positives: recall and F1 are 0/0 there and precision can only count false alarms.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +28,7 @@ from pipeline.can.data.cache import GraphSplit
 from pipeline.can.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, validation_loader
 from pipeline.can.inference import cpu_latency_ms_per_1k
 from pipeline.can.metrics import anomaly_scores, auroc, classification_metrics
+from pipeline.can.scores import CLASSIFIER, DETECTOR, ModelScores, write_scores
 from pipeline.train import load_model, predict
 
 CLASSIFIER_STAGES = ("teacher", "student", "curriculum")
@@ -57,21 +60,26 @@ def run(ctx) -> dict[str, Any]:
     for name, checkpoint in models_to_score(ctx.upstream).items():
         model = load_model(checkpoint, ctx.device)
         cost = model_cost(checkpoint, splits["val"], batch_size, _classify)
+        scored = {}
         for split_name, split in splits.items():
-            row = {"model": name, "split": split_name, **evaluate_model(model, loader(split)), **cost}
+            metrics, scored[split_name] = evaluate_model(model, loader(split))
+            row = {"model": name, "split": split_name, **metrics, **cost}
             ctx.log.info("%s on %s: %d graphs, %d attacks, f1 %s, balanced accuracy %.4f", name, split_name,
                          row["graphs"], row["attacks"], _score_text(row["f1"]), row["balanced_accuracy"])
             rows.append(row)
+        write_scores(ctx.dir, ModelScores(name, CLASSIFIER, 0.5, scored))
     detector_rows = []
     for name, detector in detectors_to_score(ctx.upstream).items():
         model = load_model(detector["checkpoint"], ctx.device)
         cost = model_cost(detector["checkpoint"], splits["val"], batch_size, _score)
+        scored = {}
         for split_name, split in splits.items():
-            row = {"model": name, "split": split_name, "threshold": detector["threshold"],
-                   **evaluate_detector(model, loader(split), detector["threshold"]), **cost}
+            metrics, scored[split_name] = evaluate_detector(model, loader(split), detector["threshold"])
+            row = {"model": name, "split": split_name, "threshold": detector["threshold"], **metrics, **cost}
             ctx.log.info("%s on %s: AUROC %s, f1 %s at threshold %.4g", name, split_name, _score_text(row["auroc"]),
                          _score_text(row["f1"]), detector["threshold"])
             detector_rows.append(row)
+        write_scores(ctx.dir, ModelScores(name, DETECTOR, float(detector["threshold"]), scored))
     io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows,
                                              "scenarios": manifest["scenarios"]})
     table = ctx.dir / "metrics.md"
@@ -115,18 +123,26 @@ def inference_node_cap(upstream: dict[str, dict[str, Any]]) -> int | None:
     return min(caps) if caps else None
 
 
-def evaluate_model(model: nn.Module, loader: Iterable) -> dict[str, Any]:
-    """Scores of ``model`` on every graph of ``loader``'s split, plus its size and attack count."""
+Scored = tuple[np.ndarray, np.ndarray]
+"""(per-window score, label) of one split."""
+
+
+def evaluate_model(model: nn.Module, loader: Iterable) -> tuple[dict[str, Any], Scored]:
+    """Scores of ``model`` on every graph of ``loader``'s split, plus its size and attack count;
+    and each window's probability of attack with its label."""
     logits, y = predict(model, loader)
-    return undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
-                                      **classification_metrics(y, logits.argmax(-1))})
+    row = undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
+                                     **classification_metrics(y, logits.argmax(-1))})
+    return row, (torch.softmax(logits.float(), dim=-1)[:, 1].numpy(), y.numpy())
 
 
-def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> dict[str, Any]:
-    """AUROC of the reconstruction error on ``loader``'s split, and the classification scores at ``threshold``."""
+def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> tuple[dict[str, Any], Scored]:
+    """AUROC of the reconstruction error on ``loader``'s split, and the classification scores at
+    ``threshold``; and each window's reconstruction error with its label."""
     scores, y = anomaly_scores(model, loader)
-    return undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()), "auroc": auroc(y, scores),
-                                      **classification_metrics(y, (scores >= threshold).long())})
+    row = undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()), "auroc": auroc(y, scores),
+                                     **classification_metrics(y, (scores >= threshold).long())})
+    return row, (scores.numpy(), y.numpy())
 
 
 def undefined_without_attacks(row: dict[str, Any]) -> dict[str, Any]:
