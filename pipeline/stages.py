@@ -51,6 +51,9 @@ class Workload:
     steady_allocations: bool = False
     """Its steps allocate and free large tensors of a steady size: the runner fixes glibc's mmap
     threshold for it (see ``pipeline.hostmem``)."""
+    report: str = ""
+    """``module:object`` of its part of the run report: a ``pipeline.report.workload.WorkloadReport``
+    (its figures, its final metrics per model and split, the headline numbers runs are compared by)."""
 
     def stage(self, name: str) -> StageSpec:
         for spec in self.stages:
@@ -76,7 +79,7 @@ def _can() -> Workload:
                   ("device", "train")),
         StageSpec("evaluate", stage("evaluate"), ("preprocess", "autoencoder", "teacher", "student", "curriculum"),
                   ("device", "train")),
-    ))
+    ), report="pipeline.can.plots:REPORT")
 
 
 def _kg() -> Workload:
@@ -88,7 +91,7 @@ def _kg() -> Workload:
         StageSpec("student", stage("student"), ("preprocess", "teacher"),
                   ("kg", "kg_model.student", "distill", *TRAINING_RUNTIME), trains=True),
         StageSpec("export", stage("export"), ("preprocess", "teacher", "student"), ("kg", "device", "train")),
-    ), steady_allocations=True)
+    ), steady_allocations=True, report="pipeline.kg.plots:REPORT")
 
 
 WORKLOADS: dict[str, Workload] = {w.task: w for w in (_can(), _kg())}
