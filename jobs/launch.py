@@ -19,6 +19,7 @@ from jobs.resources import executor_parameters
 from jobs.selection import chain_dependencies
 from jobs.sweep import group_submissions, stage_order
 from pipeline.config import Profile
+from pipeline.provenance import git_commit
 from pipeline.runs import RunDir
 
 
@@ -65,6 +66,7 @@ def job_record(plan: RunPlan, stage: str, job: Any, depends_on: list[str], param
         "stderr": str(job.paths.stderr),
         "resources": plan.profile.resources_for(stage).model_dump(mode="json"),
         "params": params,
+        "git_commit": git_commit(),
     }
 
 

@@ -8,7 +8,8 @@ Layout::
      "history": [record, ...]}            every record ever written, oldest first
 
 A record: ``stage, job_id, action (submit|dry-run|resume), submitted (ISO time), stdout,
-stderr, depends_on, resources (as requested), params (as given to submitit)``. Resume appends;
+stderr, depends_on, resources (as requested), params (as given to submitit), git_commit (of the
+code that launched it)``. Resume appends;
 no job id is ever dropped. The file is rewritten whole through ``pipeline.io`` (atomic).
 """
 from __future__ import annotations

@@ -121,6 +121,21 @@ class DryRunConfig(Section):
         return out
 
 
+class TrackingConfig(Section):
+    """Where a finished run's records are imported for comparison (``make track``, the end of a chain).
+
+    Jobs never write to the store themselves; the import runs after them, under a file lock. Nothing
+    here changes a stage's result, so no stage reads it (no fingerprint hashes it)."""
+
+    enabled: bool = True
+    """False: a chain ends with its report only and nothing is written to a tracking store."""
+    uri: str | None = None
+    """MLflow tracking URI: a site's server (``http://mlflow.example.org:5000``) or ``sqlite:///path``;
+    None: ``sqlite:///<runs root>/mlflow.db`` beside the run folders."""
+    experiment: str | None = None
+    """MLflow experiment the runs go in; None: the profile's task (``can`` or ``kg``)."""
+
+
 class Profile(Section):
     """What every profile holds, whatever its task; a workload's profile class adds its sections."""
 
@@ -140,6 +155,7 @@ class Profile(Section):
     resources: dict[str, Resources] = Field(default_factory=dict)
     """'default' plus per-stage overrides."""
     dry_run: DryRunConfig = Field(default_factory=DryRunConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("safety_factor")
     @classmethod
