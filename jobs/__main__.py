@@ -1,4 +1,5 @@
-"""python -m jobs {submit,dry-run,status,resume,plan}: launch a profile's chain, watch it, finish it.
+"""python -m jobs {submit,dry-run,status,resume,plan,report,track,compare,ui}: launch a profile's chain,
+watch it, finish it, look at it.
 
 Exit codes: 0 success, 2 something to fix (a bad profile, bad data, a missing file, no sbatch,
 not a run directory, a stage that stopped on one of those), printed as one line ``error: ...``
@@ -17,7 +18,8 @@ from pipeline.errors import debug_enabled, is_expected, one_line, report
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{submit,dry-run,status,resume,plan}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{submit,dry-run,status,resume,plan,report,track,compare,ui}")
 
     def overrides(p: argparse.ArgumentParser) -> None:
         p.add_argument("-O", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -56,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
                                       "target device (resources.<stage>.gpu_mem_gb), without submitting")
     p.add_argument("--profile", required=True, help="profile name (profiles/<name>.yaml) or YAML path")
     overrides(p)
+
+    run_help = "run directory, runs/<profile>/<run_id>, or a sweep's runs/_sweeps/<id>"
+    p = command("report", help="draw report.html of a run (or of every run of a sweep, and the sweep's)")
+    p.add_argument("--run", required=True, help=run_help)
+
+    p = command("track", help="import a run (or a sweep) into its MLflow store; importing again changes nothing")
+    p.add_argument("--run", required=True, help=run_help)
+    overrides(p)
+
+    p = command("compare", help="one markdown table of the headline metrics of several runs, side by side")
+    p.add_argument("--runs", required=True, nargs="+", help="run directories or sweep folders")
+
+    p = command("ui", help="mlflow ui on a local tracking store, on localhost (Ctrl-C stops it)")
+    p.add_argument("--store", help="the SQLite file (default: runs/mlflow.db)")
+    p.add_argument("--port", type=int, help="port (default: 5000 if free, else any free one)")
     return parser
 
 
@@ -76,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
             profile = load_profile(args.profile, args.overrides)
             print(resolve(workload(profile.task).planner)(profile))
+        elif args.command in ("report", "track", "compare", "ui"):
+            return _look(args)
     except StageFailed as exc:
         # The stage's traceback is in its log; a crash (a bug) shows it here too.
         if exc.detail and (debug_enabled(args.debug) or not exc.expected):
@@ -89,6 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         if not is_expected(exc):
             raise  # a bug: its traceback
         return report(exc, debug_enabled(args.debug))
+    return 0
+
+
+def _look(args: argparse.Namespace) -> int:
+    from jobs import track  # matplotlib and mlflow: only for these commands
+
+    if args.command == "report":
+        for path in track.report(args.run):
+            print(f"report: {path}")
+    elif args.command == "track":
+        print(f"tracked: {track.track(args.run, args.overrides).summary()}")
+    elif args.command == "compare":
+        print(track.compare(args.runs), end="")
+    else:
+        return track.ui(args.store, args.port)
     return 0
 
 

@@ -128,13 +128,17 @@ def dry_run(name: str, overrides: list[str], runs_root: str | os.PathLike | None
 
 
 def run_local(plan: RunPlan, action: str) -> None:
-    """Run ``plan``'s stages here, one after another, then print what the run is for (its metrics)."""
+    """Run ``plan``'s stages here, one after another, then print what the run is for (its metrics)
+    and take the chain's last step (its report and tracking import, ``jobs.track``)."""
     try:
         launch_chains([plan], LocalLauncher(), action)
     except StageFailed as exc:
         raise exc.with_hint(f"after fixing it: make resume RUN={plan.run.path}") from None
     print(f"finished: {plan.run.path}")
     print_metrics(plan.run, plan.profile)
+    from jobs.track import finish_run  # matplotlib and mlflow: only once a chain has finished
+
+    finish_run(plan.run)
 
 
 def print_metrics(run: RunDir, profile: Profile) -> None:

@@ -6,6 +6,9 @@ requeued job calls ``run_stage`` again: a finished stage is skipped by its done 
 training stage picks up from the ``checkpoint.pt`` its loop writes after every epoch (which one,
 the hook reads from the run directory and the stage: ``pipeline.train.layout.active_checkpoint``).
 
+A job submitted with ``finish`` (every SLURM stage job) takes the chain's last step after its stage
+when that stage completed the chain: the run's report and its tracking import (``jobs.track``).
+
 A job of several tasks (a data-parallel training stage) runs this callable once per task; each
 exports torch's ``env://`` variables from submitit's ``TorchDistributedEnvironment`` first, and
 the runner joins them into one process group. Only task 0 checkpoints and requeues (submitit).
@@ -27,18 +30,25 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 class StageJob(submitit.helpers.Checkpointable):
     """Runs ``pipeline.runner.run_stage(run_dir, stage, overrides)`` inside a job.
 
-    Holds no state of its own beyond the cpu count, so the resubmitted copy is the same job:
-    all progress lives in the run directory.
+    Holds no state of its own beyond the cpu count and the ``finish`` flag, so the resubmitted copy
+    is the same job: all progress lives in the run directory.
     """
 
-    def __init__(self, cpus: int | None = None) -> None:
+    def __init__(self, cpus: int | None = None, finish: bool = False) -> None:
         self.cpus = cpus
         """CPUs the stage asked for; sets the thread pools when SLURM does not say."""
+        self.finish = finish
+        """Take the chain's last step (report, tracking) if this stage completes the chain."""
 
     def __call__(self, run_dir: str, stage: str, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
         limit_threads(self.cpus)
         export_rank_environment()
-        return run_stage(run_dir, stage, tuple(overrides))
+        result = run_stage(run_dir, stage, tuple(overrides))
+        if self.finish and os.environ.get("RANK", "0") == "0":
+            from jobs.track import finish_if_complete  # matplotlib and mlflow: only for the chain's end
+
+            finish_if_complete(run_dir)
+        return result
 
     def checkpoint(self, run_dir: str, stage: str, overrides: tuple[str, ...] = ()) -> submitit.helpers.DelayedSubmission:
         """Resubmit the same call; the stage resumes from its own files, so nothing is carried over.
@@ -50,7 +60,8 @@ class StageJob(submitit.helpers.Checkpointable):
             "stage %s interrupted by the scheduler; requeueing, it resumes from %s",
             stage, active_checkpoint(run_dir, stage) or "its start",
         )
-        return submitit.helpers.DelayedSubmission(StageJob(self.cpus), run_dir, stage, tuple(overrides))
+        again = StageJob(self.cpus, self.finish)
+        return submitit.helpers.DelayedSubmission(again, run_dir, stage, tuple(overrides))
 
 
 def export_rank_environment() -> int:

@@ -47,7 +47,8 @@ class SlurmLauncher:
     def start(self, plan: RunPlan, stage: str, depends_on: list[str], action: str) -> tuple[dict[str, Any], Any]:
         params = executor_parameters(plan.profile, stage, depends_on)
         executor = self._executor(plan.run.path, params)
-        job = executor.submit(StageJob(plan.profile.resources_for(stage).cpus), str(plan.run.path), stage, ())
+        stage_job = StageJob(plan.profile.resources_for(stage).cpus, finish=True)
+        job = executor.submit(stage_job, str(plan.run.path), stage, ())
         return job_record(plan, stage, job, depends_on, params, action, self.kind), job
 
     def start_array(self, plans: list[RunPlan], stage: str, upstream_arrays: list[str],
@@ -58,7 +59,7 @@ class SlurmLauncher:
         executor = self._executor(plans[0].run.path, params)
         cpus = plans[0].profile.resources_for(stage).cpus
         with executor.batch():
-            jobs = [executor.submit(StageJob(cpus), str(plan.run.path), stage, ()) for plan in plans]
+            jobs = [executor.submit(StageJob(cpus, finish=True), str(plan.run.path), stage, ()) for plan in plans]
         out = []
         for index, (plan, job) in enumerate(zip(plans, jobs)):
             record = job_record(plan, stage, job, [f"{a}_{index}" for a in upstream_arrays], params, action, self.kind)
