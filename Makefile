@@ -27,6 +27,7 @@ help:
 	@echo "make bench                    benchmark table in bench/results/"
 	@echo "make slurm-up / slurm-down    start/stop the local single-node SLURM cluster (root; installs it if missing)"
 	@echo "make test-slurm               only the tests that need the local SLURM cluster"
+	@echo "make slurm2-up / slurm2-down  start/stop the local two-node SLURM cluster (n1, n2; root; SLURM_CONF in slurm2-status)"
 
 venv: $(STAMP)
 
@@ -42,12 +43,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(PY) -m jobs dry-run --profile local $(OVERRIDES)
 
-# The SLURM tests run against a real local cluster; starting it is idempotent.
-test: $(STAMP) slurm-up
+# The SLURM tests run against real local clusters (one node; two nodes); starting them is idempotent.
+test: $(STAMP) slurm-up slurm2-up
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-slurm: $(STAMP) slurm-up
-	$(PY) -m pytest -q -m slurm $(PYTEST_ARGS)
+test-slurm: $(STAMP) slurm-up slurm2-up
+	$(PY) -m pytest -q -m "slurm or slurm2" $(PYTEST_ARGS)
 
 slurm-up:
 	bash scripts/local-slurm.sh start
@@ -57,6 +58,17 @@ slurm-down:
 
 slurm-status:
 	bash scripts/local-slurm.sh status
+
+# A second, separate cluster of two nodes on this machine (after slurm-up, which installs SLURM).
+.PHONY: slurm2-up slurm2-down slurm2-status
+slurm2-up: slurm-up
+	bash scripts/local-slurm-2node.sh start
+
+slurm2-down:
+	bash scripts/local-slurm-2node.sh stop
+
+slurm2-status:
+	bash scripts/local-slurm-2node.sh status && bash scripts/local-slurm-2node.sh env
 
 dry-run: $(STAMP)
 	$(PY) -m jobs dry-run --profile $(PROFILE) $(OVERRIDES)
