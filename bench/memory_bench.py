@@ -217,7 +217,7 @@ def hgt_memory_accuracy() -> list[dict[str, Any]]:
     for seeds in HGT_EVAL_SEEDS:
         batch = loader.random_batch(allocate_seeds(counts, seeds), gen).to(device)
         measured = memory.measure_step_peak(lambda: step(batch), device)
-        predicted = fit.predict(batch.node_counts(), batch.edge_counts())
+        predicted = fit.predict(*kg_plan.cost_counts(batch))
         from_seeds = fit.predict(*composition.at(seeds))
         err, plan_err = predicted / measured - 1, from_seeds / measured - 1
         worst, worst_plan = max(worst, abs(err)), max(worst_plan, abs(plan_err))
