@@ -28,6 +28,10 @@ help:
 	@echo "make slurm-up / slurm-down    start/stop the local single-node SLURM cluster (root; installs it if missing)"
 	@echo "make test-slurm               only the tests that need the local SLURM cluster"
 	@echo "make slurm2-up / slurm2-down  start/stop the local two-node SLURM cluster (n1, n2; root; SLURM_CONF in slurm2-status)"
+	@echo "make report RUN=runs/...      report.html of a run (or a sweep): stage table, curves, ROC/PR, ..."
+	@echo "make track RUN=runs/...       import a run (or a sweep) into MLflow (runs/mlflow.db or tracking.uri)"
+	@echo "make compare RUNS=\"a b\"       headline metrics of runs (or a sweep folder) side by side"
+	@echo "make ui                       mlflow ui on runs/mlflow.db, on localhost"
 
 venv: $(STAMP)
 
@@ -92,3 +96,21 @@ bench: $(STAMP)
 
 clean-cache:
 	find data/cache -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+
+# Reports and tracking (docs/tracking.md): RUN is a run or a sweep folder; O=tracking.uri=... for a site server.
+.PHONY: report track compare ui
+RUNS ?=
+report: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make report RUN=runs/<profile>/<run_id> (or runs/_sweeps/<id>)"; exit 2; }
+	$(PY) -m jobs report --run $(RUN)
+
+track: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make track RUN=runs/<profile>/<run_id> [O=tracking.uri=http://host:5000]"; exit 2; }
+	$(PY) -m jobs track --run $(RUN) $(OVERRIDES)
+
+compare: $(STAMP)
+	@test -n "$(RUNS)" || { echo 'usage: make compare RUNS="runs/<profile>/<a> runs/<profile>/<b>" (or a sweep folder)'; exit 2; }
+	$(PY) -m jobs compare --runs $(RUNS)
+
+ui: $(STAMP)
+	$(PY) -m jobs ui $(if $(STORE),--store $(STORE)) $(if $(PORT),--port $(PORT))
