@@ -122,7 +122,7 @@ def _look(args: argparse.Namespace) -> int:
     elif args.command == "compare":
         print(track.compare(args.runs), end="")
     else:
-        return track.ui(args.store, args.port)
+        track.ui(args.store, args.port)   # replaces this process; returns only by raising
     return 0
 
 

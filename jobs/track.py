@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -153,8 +152,8 @@ def _sweep_records(sweep: Path, own: RunRecords) -> list[RunRecords]:
     return [own if run.path.resolve() == own.path.resolve() else read_run(run.path) for run in sweep_runs(sweep) or []]
 
 
-def ui(store: str | None = None, port: int | None = None) -> int:
-    """``mlflow ui`` on a local store (default runs/mlflow.db), on localhost; runs until Ctrl-C."""
+def ui(store: str | None = None, port: int | None = None) -> None:
+    """Become ``mlflow ui`` on a local store (default runs/mlflow.db), on localhost, until Ctrl-C."""
     db = Path(store).resolve() if store else RUNS_DIR / DEFAULT_DB
     if not db.is_file():
         raise LaunchError(f"{db}: no tracking store there yet; make demo or make track RUN=runs/<profile>/<run_id> "
@@ -164,10 +163,8 @@ def ui(store: str | None = None, port: int | None = None) -> int:
     print(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
-    try:
-        return subprocess.call(command, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    except KeyboardInterrupt:
-        return 0
+    # exec, not a child: Ctrl-C or a kill reaches mlflow (and its workers) directly, leaving no server behind
+    os.execve(sys.executable, command, {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
 def free_port(preferred: int = 5000) -> int:

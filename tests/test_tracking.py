@@ -3,8 +3,10 @@
 records that replace a run, the chain's last step, and tracking keys that rerun no stage."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,9 +98,13 @@ def mlflow_server(tmp_path):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
-        log.close()
+        os.killpg(server.pid, signal.SIGINT)   # as Ctrl-C: the server stops its workers
+        try:
+            server.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)   # anything of its group still there
+            log.close()
 
 
 def test_a_run_tracked_to_a_server_reads_back_over_its_rest_api(can_run, mlflow_server):

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+")
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 1.8em; }
 h3 { font-size: 1.05em; margin-bottom: .3em; }
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .85em; }
 th, td { border: 1px solid #ccc; padding: 2px 7px; text-align: right; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+th { background: #f2f2f2; } td:first-child, th:first-child, td.text { text-align: left; }
 caption { caption-side: top; text-align: left; color: #555; padding-bottom: .2em; }
 figure { margin: .5em 0 1.2em; } figcaption { color: #555; font-size: .85em; }
 img { max-width: 100%; } .note { color: #555; font-size: .9em; }
@@ -88,7 +90,9 @@ def _table(table: Table) -> str:
         cells = []
         for i, value in enumerate(row):
             text = format_cell(value)
-            cls = f' class="{_e(text)}"' if i == table.state_column else ""
+            # names and notes read left-aligned, numbers right-aligned; the state column also colours
+            classes = ([text] if i == table.state_column else []) + (["text"] if _is_text(value) else [])
+            cls = f' class="{_e(" ".join(classes))}"' if classes else ""
             cells.append(f"<td{cls}>{_e(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     caption = f"<caption>{_e(table.caption)}</caption>" if table.caption else ""
@@ -118,6 +122,10 @@ def format_cell(value: Any) -> str:
             return "nan"
         return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4f}"
     return str(value)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and not NUMBER.fullmatch(value)
 
 
 def _e(text: str) -> str:
