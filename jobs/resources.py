@@ -96,6 +96,10 @@ def executor_parameters(profile: Profile, stage: str, depends_on: Sequence[str] 
         params["nodes"] = nodes
     if tasks > 1:
         params["tasks_per_node"] = tasks
+    if nodes * tasks > 1:
+        # A rank that exits ends the others at once (whatever the site's KillOnBadExit), rather than
+        # leaving them to wait out the collective timeout for a peer that is not coming back.
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     for field, key in (("partition", "slurm_partition"), ("account", "slurm_account"), ("qos", "slurm_qos")):
         value = getattr(res, field)
         if value is not None:

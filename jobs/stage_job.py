@@ -21,6 +21,7 @@ from typing import Any
 
 import submitit
 
+from pipeline.rank_watch import RANK_LOG_ENV
 from pipeline.runner import run_stage
 from pipeline.train.layout import active_checkpoint
 
@@ -65,7 +66,8 @@ class StageJob(submitit.helpers.Checkpointable):
 
 
 def export_rank_environment() -> int:
-    """In a job of several tasks, export RANK, WORLD_SIZE, MASTER_ADDR, ... for torch; returns the task count.
+    """In a job of several tasks, export RANK, WORLD_SIZE, MASTER_ADDR, ... for torch, and this task's log
+    (``PIPELINE_RANK_LOG``); returns the task count.
 
     CUDA_VISIBLE_DEVICES is left alone: every rank sees the node's GPUs and the runner pins rank
     ``LOCAL_RANK`` to its own, which keeps peer-to-peer copies between them possible.
@@ -77,6 +79,7 @@ def export_rank_environment() -> int:
         return 1
     if tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        os.environ[RANK_LOG_ENV] = str(env.paths.stderr)  # named by rank 0 if this rank is lost
     return tasks
 
 

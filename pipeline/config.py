@@ -90,6 +90,9 @@ class Resources(Section):
     qos: str | None = None
     gpu_mem_gb: float | None = Field(None, gt=0)
     """Memory of one GPU of the kind the stage gets (e.g. 16, 40, 80); `make plan` sizes batches for it."""
+    collective_timeout_s: int | None = Field(None, ge=1)
+    """Data-parallel stages: how long a rank waits for the others (rendezvous, every collective) before the
+    stage fails naming the rank that stopped; None: 600 (``pipeline.distributed.DEFAULT_TIMEOUT_S``)."""
     extra: dict[str, str | int] = Field(default_factory=dict)
     """Extra sbatch options, e.g. {constraint: a100}."""
 

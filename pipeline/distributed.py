@@ -16,18 +16,22 @@ import datetime as dt
 import logging
 import math
 import os
+import socket
 from typing import Any, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from pipeline.rank_watch import RankLost, RankWatch, first_line
+
 T = TypeVar("T")
 
-INIT_TIMEOUT_S = 600
-"""How long a rank waits for the others (start-up and every collective) before it fails.
+DEFAULT_TIMEOUT_S = 600
+"""How long a rank waits for the others (rendezvous and every collective) before it fails, unless the
+profile says (``resources.<stage>.collective_timeout_s``).
 
-A rank that dies takes the job down anyway (SLURM's KillOnBadExit, or submitit's local
-controller); the timeout only bounds a rank that hangs.
+A rank that exits takes the job down at once (its peers' sockets close; srun's --kill-on-bad-exit
+ends the others); the timeout bounds a rank that hangs or a node that vanished without a word.
 """
 
 
@@ -68,11 +72,15 @@ def backend_for(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def process_group(device: torch.device, log: logging.Logger | None = None) -> Iterator[bool]:
+def process_group(device: torch.device, log: logging.Logger | None = None, timeout_s: float | None = None,
+                  timeout_key: str = "the collective timeout") -> Iterator[bool]:
     """Join the launcher's process group for the duration of a stage; yields whether one was joined.
 
     Without WORLD_SIZE > 1 nothing happens. On CUDA each rank is pinned to GPU ``LOCAL_RANK`` first,
-    so ``torch.device("cuda")`` means this rank's GPU everywhere in the stage.
+    so ``torch.device("cuda")`` means this rank's GPU everywhere in the stage. The rendezvous and
+    every collective wait at most ``timeout_s`` (``timeout_key`` names the profile key in errors);
+    a failure that a lost rank caused becomes a :class:`~pipeline.rank_watch.RankLost` on rank 0,
+    naming that rank, its node and its log.
     """
     world = requested_world_size()
     if world <= 1 or is_active():
@@ -89,17 +97,39 @@ def process_group(device: torch.device, log: logging.Logger | None = None) -> It
             raise RuntimeError(f"rank with LOCAL_RANK={local} sees only {gpus} GPU(s): request one GPU per rank "
                                "(resources.<stage>.gpus = tasks_per_node)")
         torch.cuda.set_device(local)
-    backend = backend_for(device)
-    dist.init_process_group(backend=backend, init_method="env://", world_size=world,
-                            rank=_env_int("RANK", 0), timeout=dt.timedelta(seconds=INIT_TIMEOUT_S))
+    backend, rank_, timeout = backend_for(device), _env_int("RANK", 0), timeout_s or DEFAULT_TIMEOUT_S
+    store = _rendezvous(world, rank_, timeout, timeout_key)
+    dist.init_process_group(backend=backend, store=store, world_size=world, rank=rank_,
+                            timeout=dt.timedelta(seconds=timeout))
+    watch = RankWatch(store, rank_, world)
     if log is not None:
-        log.info("data-parallel: rank %d of %d (%s, master %s:%s)", dist.get_rank(), world, backend,
-                 os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+        log.info("data-parallel: rank %d of %d (%s, master %s:%s, collectives wait at most %gs)", rank_, world,
+                 backend, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"], timeout)
     try:
         yield True
         dist.barrier()  # no rank leaves (and rank 0 writes no done marker) before every rank has finished
+    except Exception as exc:
+        watch.note_failure(exc)
+        explained = watch.explain(exc, timeout_key, timeout)
+        if explained is not exc:
+            raise explained from exc
+        raise
     finally:
+        watch.stop()
         dist.destroy_process_group()
+
+
+def _rendezvous(world: int, rank_: int, timeout_s: float, timeout_key: str) -> dist.TCPStore:
+    """The store every rank meets at (rank 0 hosts it on MASTER_ADDR:MASTER_PORT), within ``timeout_s``."""
+    host, port = os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0)
+    try:
+        return dist.TCPStore(host, port, world, is_master=rank_ == 0, timeout=dt.timedelta(seconds=timeout_s),
+                             wait_for_workers=True)
+    except Exception as exc:  # DistStoreError / RuntimeError: timed out, or the host does not resolve
+        raise RankLost(f"rank {rank_} of {world} on node {socket.gethostname()}: the ranks did not all meet at "
+                       f"{host}:{port} within {timeout_key}={timeout_s:g}s ({type(exc).__name__}: "
+                       f"{first_line(exc)}); check that every node resolves and reaches the first node (on a "
+                       "multi-homed node set GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME)") from exc
 
 
 def rank_device(device: torch.device) -> torch.device:

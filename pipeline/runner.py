@@ -144,7 +144,8 @@ def _process_group(ctx: StageContext, world: int) -> ContextManager:
         return nullcontext()
     from pipeline import distributed  # imports torch: only for stages that run data-parallel
 
-    return distributed.process_group(ctx.device, ctx.log)
+    timeout = ctx.profile.resources_for(ctx.stage).collective_timeout_s
+    return distributed.process_group(ctx.device, ctx.log, timeout, f"resources.{ctx.stage}.collective_timeout_s")
 
 
 KEEP_ON_FORCE = {"log", "status.json"}
