@@ -97,14 +97,19 @@ def test_distill_term_vanishes_for_a_student_identical_to_the_teacher(planted):
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
+STEPS = 100
+"""At 60 steps the teacher's AUC straddles 0.7 with the model seed (0.69 to 0.82 over seeds 0-5); at 100
+it clears it for every seed tried (teacher 0.73 to 0.78, student 0.84 to 0.88 over seeds 0-3)."""
+
+
 def test_short_distillation_beats_chance_on_held_out_links(planted):
     torch.manual_seed(0)
     val = LinkEvalLoader(planted, "val", [4, 2], 256, None, 20, seed=0, sampler="torch")
     teacher = build_encoder(TEACHER, planted)
-    fit(teacher, link_loss(), planted, 60)
+    fit(teacher, link_loss(), planted, STEPS)
     teacher_auc = validate_links(teacher.eval(), val)["auc"]
     student = build_encoder(STUDENT, planted, align_dim=TEACHER.out)
-    fit(student, distill_loss(teacher, alpha=0.7, temperature=4.0), planted, 60)
+    fit(student, distill_loss(teacher, alpha=0.7, temperature=4.0), planted, STEPS)
     student_auc = validate_links(student.eval(), val)["auc"]
     print(f"held-out AUC: teacher {teacher_auc:.3f}, student {student_auc:.3f}")
     assert teacher_auc > 0.7

@@ -33,13 +33,9 @@ def normal_indices(split: GraphSplit) -> torch.Tensor:
 
 
 def vgae_loss(model: nn.Module, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The autoencoder's loss hook for the Trainer: reconstruction errors + weighted KL.
-
-    The forward goes through ``model`` (in data-parallel training the DDP wrapper, which
-    synchronises gradients); the loss helpers are read from the VGAE inside it.
-    """
+    """The autoencoder's loss hook for the Trainer: reconstruction errors + weighted KL."""
     out = model(batch)
-    return getattr(model, "module", model).loss(batch, out)
+    return model.loss(batch, out)
 
 
 def detector_selection(val: GraphSplit) -> Selection:

@@ -19,6 +19,7 @@ from typing import Iterator, Literal
 
 import torch
 
+from pipeline.distributed import shard_positions
 from pipeline.kg.cache import EdgeType, KGGraph
 from pipeline.kg.neighbors import PygNeighborSampler, TorchNeighborSampler, make_neighbor_sampler
 
@@ -178,6 +179,9 @@ class LinkBatchLoader:
     ``max_nodes`` is the Trainer's generic name for the batch budget; here it is the number of
     seed (positive) edges per step, split over edge types in proportion to their train edges.
     ``shrink`` halves it after an out-of-memory step.
+
+    Each step draws from a generator of its own (seed, epoch, step), so data-parallel ranks
+    (``shard``) build only their own steps, r, r + W, ..., exactly as one process builds them.
     """
 
     def __init__(self, graph: KGGraph, seed_edges: int, fanouts: list[int], neg_ratio: int = 1, seed: int = 0,
@@ -192,6 +196,7 @@ class LinkBatchLoader:
         self.train = {k: graph.edges(k, "train") for k in range(len(graph.edge_types))}
         self.train_counts = {k: int(e.shape[1]) for k, e in self.train.items()}
         self._budget = max(1, seed_edges)
+        self.rank, self.world = 0, 1
 
     # -- budget -----------------------------------------------------------
     @property
@@ -216,21 +221,35 @@ class LinkBatchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
+    def shard(self, rank: int, world: int) -> None:
+        """Build only rank ``rank``'s steps of each epoch (see ``pipeline.distributed.shard_positions``)."""
+        shard_positions(0, rank, world)  # validates rank and world
+        self.rank, self.world = rank, world
+
+    def global_steps(self) -> int:
+        """Steps of an epoch over all ranks: what one process takes."""
         if self.steps_per_epoch is not None:
             return self.steps_per_epoch
         per = self.seeds_per_type
         return max((math.ceil(self.train_counts[k] / b) for k, b in per.items()), default=0)
 
+    def __len__(self) -> int:
+        return len(shard_positions(self.global_steps(), self.rank, self.world))
+
+    def batch_weights(self) -> list[float]:
+        """Per step of this rank: 1.0, or 0.0 for a padding step that only keeps the ranks in step."""
+        return [0.0 if pad else 1.0 for _, pad in shard_positions(self.global_steps(), self.rank, self.world)]
+
     def _generator(self, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 7 + salt)
 
     def __iter__(self) -> Iterator[KGBatch]:
-        steps, per = len(self), self.seeds_per_type
+        steps, per = self.global_steps(), self.seeds_per_type
         gen = self._generator()
         order = {k: _epoch_order(self.train_counts[k], steps * b, gen) for k, b in per.items()}
-        for step in range(steps):
-            yield self.batch({k: order[k][step * b:(step + 1) * b] for k, b in per.items()}, gen)
+        for step, _ in shard_positions(steps, self.rank, self.world):
+            step_gen = self._generator(salt=1_000_003 * (step + 1))
+            yield self.batch({k: order[k][step * b:(step + 1) * b] for k, b in per.items()}, step_gen)
 
     def batch(self, picks: dict[int, torch.Tensor], generator: torch.Generator) -> KGBatch:
         """The batch of the given train-edge positions per edge type (also used by memory probes)."""

@@ -139,6 +139,7 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.n
                  len(val))
     trainer = Trainer(model, loss_fn, loader, val, validate_links, cfg, ctx.dir, ctx.log, device=device,
                       selection=SELECTION, resume_key=ctx.fingerprint,
-                      memory_plan=budget.planned(plan.predicted_bytes))
+                      memory_plan=budget.planned(plan.predicted_bytes),
+                      find_unused_parameters=True)  # a batch need not hold every node and edge type
     result = trainer.fit()
     return {**result.record(), "batch_plan": plan_summary(plan), "steps_per_epoch": len(loader)}

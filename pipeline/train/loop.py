@@ -21,9 +21,10 @@ fingerprint) is ignored, so a changed profile starts afresh.
 Data-parallel: when the stage runs in a process group of W ranks (``pipeline.distributed``), the
 loop wraps the model in ``DistributedDataParallel`` and shards the train loader's epoch, so one
 optimizer step of W ranks covers the W consecutive batches that one process with
-``grad_accum = W`` accumulates, with the same averaged gradient. ``loss_fn`` then receives the DDP
-wrapper: it must call ``model(batch)`` (the forward) for gradients to be synchronised. Losses
-are summed over ranks, rank 0 validates and broadcasts the metrics (so every rank takes the same
+``grad_accum = W`` accumulates, with the same averaged gradient. DDP wraps the model and its loss
+as one module (``_LossForward``), so whatever parameters ``loss_fn`` touches, in the model's
+forward or outside it (a KG scorer's relation table), are synchronised. Losses are summed over
+ranks, rank 0 validates and broadcasts the metrics (so every rank takes the same
 early-stopping decision), and only rank 0 writes checkpoint.pt, best.pt and metrics.jsonl; the
 checkpoint holds every rank's RNG state, so resume stays exact at the same world size.
 
@@ -117,9 +118,9 @@ class Trainer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.device = distributed.rank_device(torch.device(device))
         self.model = model.to(self.device)
-        self.train_model = self._data_parallel(self.model, train_loader, find_unused_parameters)
-        """What ``loss_fn`` gets in training: the model, or its DistributedDataParallel wrapper."""
         self.loss_fn = loss_fn
+        self.train_model = self._data_parallel(self.model, train_loader, find_unused_parameters)
+        """What a training step calls with a batch: the model's loss (in DistributedDataParallel with several ranks)."""
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.validate_fn = validate_fn
@@ -137,16 +138,17 @@ class Trainer:
         self.state = Progress()
 
     def _data_parallel(self, model: nn.Module, train_loader: Iterable, find_unused: bool) -> nn.Module:
-        """Wrap for DDP and shard the loader when there is more than one rank; else the model as is."""
+        """Wrap for DDP and shard the loader when there is more than one rank; else the model's loss as is."""
         if self.world_size == 1:
-            return model
+            return _LossForward(model, self.loss_fn)
         if not hasattr(train_loader, "shard"):
             raise TypeError(f"{self.dir.name}: {type(train_loader).__name__} cannot be split across "
                             f"{self.world_size} ranks (it has no shard(rank, world) method); run this stage "
                             "on one GPU (resources.<stage>.gpus=1, nodes=1) or give the loader a shard method")
         train_loader.shard(self.rank, self.world_size)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+        return nn.parallel.DistributedDataParallel(_LossForward(model, self.loss_fn), device_ids=ids,
+                                                   find_unused_parameters=find_unused)
 
     # -- paths ---------------------------------------------------------
     @property
@@ -182,7 +184,7 @@ class Trainer:
         """
         batch = to_device(batch, self.device)
         with self.autocast():
-            loss, _ = self.loss_fn(self.train_model, batch)
+            loss, _ = self.train_model(batch)
         self.scaler.scale(loss * (weight / self.cfg.grad_accum)).backward()
         return loss.detach()
 
@@ -396,6 +398,19 @@ class Trainer:
         cut the epoch into different batch counts and wait for each other forever."""
         if self.world_size > 1 and hasattr(self.train_loader, "max_nodes"):
             self.train_loader.max_nodes = distributed.broadcast_object(self.train_loader.max_nodes)
+
+
+class _LossForward(nn.Module):
+    """The model and its loss as one forward: DDP then sees every parameter the loss uses (its hooks
+    reduce their gradients), not only those of ``model.forward``."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        return self.loss_fn(self.model, batch)
 
 
 # -- helpers ---------------------------------------------------------------------
