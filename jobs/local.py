@@ -30,19 +30,21 @@ class LocalLauncher:
         return executor
 
     @staticmethod
-    def _parameters(profile: Profile, stage: str) -> dict[str, Any]:
+    def check_parameters(profile: Profile, stage: str) -> dict[str, Any]:
+        """The executor parameters of ``stage``; refuses what one machine cannot run (several nodes)."""
         params = executor_parameters(profile, stage)
         if params.get("nodes", 1) > 1:
             raise LaunchError(f"profile {profile.name!r}: stage {stage} asks for {params['nodes']} nodes, and the local "
-                              f"executor runs on this machine only; add -O resources.{stage}.nodes=1")
+                              f"executor runs on this machine only; add -O resources.{stage}.nodes=1 here "
+                              f"(make submit runs it on {params['nodes']} nodes)")
         return params
 
     def check(self, run_path: Path, profile: Profile, stage: str) -> None:
-        self._parameters(profile, stage)
+        self.check_parameters(profile, stage)
 
     def start(self, plan: RunPlan, stage: str, depends_on: list[str], action: str) -> tuple[dict[str, Any], Any]:
         # Stages run one after another here, so no dependency is passed to the executor.
-        params = self._parameters(plan.profile, stage)
+        params = self.check_parameters(plan.profile, stage)
         executor = self._executor(plan.run.path, params)
         job = executor.submit(StageJob(plan.profile.resources_for(stage).cpus), str(plan.run.path), stage, ())
         log = plan.run.path / stage / "log"
@@ -118,8 +120,8 @@ def dry_run_overrides(name: str, overrides: list[str]) -> list[str]:
 def dry_run(name: str, overrides: list[str], runs_root: str | os.PathLike | None = None) -> RunDir:
     """The profile's chain through the local executor, one stage at a time, in a new run dir."""
     profile = load_profile(name, dry_run_overrides(name, overrides))
-    for stage in profile.stages:
-        executor_parameters(profile, stage)
+    for stage in profile.stages:  # refused before the run directory exists: nothing is left behind
+        LocalLauncher.check_parameters(profile, stage)
     run = RunDir.create(profile, root=runs_root)
     rows = "all rows" if profile.data.limit_rows is None else f"at most {profile.data.limit_rows} rows per file"
     print(f"dry-run of {profile.name} ({rows}, {profile.train.epochs} epochs) in {run.path}", flush=True)

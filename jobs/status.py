@@ -260,8 +260,8 @@ def run_report(run: RunDir) -> str:
     lines += failure_notes(run, rows)
     lines += warning_notes(run, list(profile.stages))
     if executor == "slurm" and sacct is None:
-        lines.append("note: sacct gave no answer; states come from the stages' own files, so a job the "
-                     "scheduler killed shows its last written state")
+        lines += ["", "note: sacct gave no answer (no accounting here?); states come from the stages' own files, "
+                  "so a job the scheduler killed shows its last written state"]
     return "\n".join(lines)
 
 

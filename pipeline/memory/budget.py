@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import torch
 
-from pipeline import hostmem, io
+from pipeline import distributed, hostmem, io
 from pipeline.memory.limits import GiB, MiB
 from pipeline.memory.measure import ActivationFit, ProbePoint
 
@@ -151,7 +151,10 @@ def cached_plan(path: str | os.PathLike, key: str) -> tuple[MemoryBudget, dict[s
 
 def write_plan(path: str | os.PathLike, key: str, budget: MemoryBudget, plan: Any, detail: Any = None) -> None:
     """Save a plan under ``key`` with its budget; the fields of ``detail`` (a dataclass: the workload's
-    own fit) become sections of their own beside them."""
+    own fit) become sections of their own beside them. In data-parallel training only rank 0 writes
+    (every rank plans for its own device; rank 0's budget is the one the loop broadcasts)."""
+    if distributed.rank() != 0:
+        return
     sections = asdict(detail) if detail is not None else {}
     io.write_json(path, {"key": key, "budget": asdict(budget), **sections, "plan": asdict(plan)})
 
