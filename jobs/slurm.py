@@ -160,6 +160,61 @@ def query_sacct(job_ids: Iterable[str], timeout_s: float = 30) -> dict[str, Sacc
     return parse_sacct(out)
 
 
+def parse_scontrol(text: str) -> dict[str, SacctJob]:
+    """Output of ``scontrol show job -o IDS`` (one line per job or array task) -> job id -> SacctJob.
+
+    What a cluster without accounting still knows about a job for MinJobAge after it ends: its state
+    and run time (no MaxRSS). Array tasks are keyed ``<array>_<task>``, pending ranges expanded.
+    """
+    jobs: dict[str, SacctJob] = {}
+    for line in text.splitlines():
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        if "JobId" not in fields or "JobState" not in fields:
+            continue
+        array, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
+        ids = expand_array_record(f"{array}_[{task}]") if array and task else [fields["JobId"]]
+        for job_id in ids:
+            jobs[job_id] = SacctJob(job_id=job_id, state=normalise_state(fields["JobState"]),
+                                    raw_state=fields["JobState"], elapsed_s=parse_elapsed(fields.get("RunTime", "")),
+                                    max_rss_mb=None)
+    return jobs
+
+
+def query_scontrol(job_ids: Iterable[str], timeout_s: float = 30) -> dict[str, SacctJob] | None:
+    """The controller's account of ``job_ids`` where sacct has none (a cluster without accounting);
+    None when scontrol is missing or knows none of them (ended longer than MinJobAge ago)."""
+    if shutil.which("scontrol") is None:
+        return None
+    out = []
+    for job_id in sorted({array_base(str(j)) for j in job_ids if j}):
+        try:
+            out.append(subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
+                                      timeout=timeout_s, check=False).stdout)
+        except (subprocess.SubprocessError, OSError):
+            continue
+    return parse_scontrol("\n".join(out)) or None
+
+
+# Not anchored: the line may follow a progress bar's carriage return in the same stderr.
+_SRUN_TASK_ERROR = re.compile(r"srun: error: (?P<node>[^:\s]+): tasks? (?P<tasks>[\d,-]+): (?P<what>[^\r\n]+)")
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task (rank) of a job step that srun saw end badly, from the job's stderr."""
+
+    node: str
+    task: int
+    what: str
+    """srun's words: 'Killed', 'Exited with exit code 1', 'Segmentation fault', ..."""
+
+
+def task_failures(stderr: str) -> list[TaskFailure]:
+    """srun's ``srun: error: <node>: task <t>: <what>`` lines, in order (the first is the first to go)."""
+    return [TaskFailure(m["node"], int(re.split(r"[,-]", m["tasks"])[0]), m["what"].strip())
+            for m in _SRUN_TASK_ERROR.finditer(stderr)]
+
+
 def cancel(job_ids: Iterable[str]) -> list[str]:
     """scancel the given jobs; returns those that could not be cancelled (best effort)."""
     failed = []

@@ -128,6 +128,8 @@ def stage_rows(run: RunDir, stages: list[str], done: dict[str, DoneState], recor
         elif state == "stale" and any(r.state != "done" for r in upstream):
             waiting = ", ".join(r.stage for r in upstream if r.state != "done")
             detail = f"upstream {waiting} is not done; resume reruns it after"
+        elif state == "failed" and not status.get("error"):
+            detail = _lost_task(record) or detail
         rows.append(StageRow(
             stage=stage, state=state, job_id=job_id,
             elapsed_s=_elapsed(state, status, run.done_record(stage) if state == "done" else None, job, now),
@@ -179,6 +181,21 @@ def memory_plan_summary(run: RunDir, stage: str) -> str | None:
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f}G" if n >= 2**28 else f"{n / 2**20:.0f}M"
+
+
+def _lost_task(record: dict[str, Any]) -> str | None:
+    """A job that failed before its stage said why (rank 0 itself was killed): the first task srun saw
+    end badly, its node and its own log (submitit's ``<job>_<task>_log.err`` beside task 0's)."""
+    stderr = record.get("stderr")
+    try:
+        failures = slurm.task_failures(Path(stderr).read_text(errors="replace")) if stderr else []
+    except OSError:
+        return None
+    if not failures:
+        return None
+    first = failures[0]
+    log = Path(stderr).with_name(Path(stderr).name.replace("_0_log.err", f"_{first.task}_log.err"))
+    return f"rank {first.task} on node {first.node}: {first.what} (srun); its log: {log}"
 
 
 def _why_cancelled(detail: str, upstream: list[StageRow]) -> str:
@@ -254,12 +271,17 @@ def run_report(run: RunDir) -> str:
     profile = run.profile()
     records = latest_records(run)
     executor = launched_with(run) or "not launched through jobs/"
-    sacct = slurm.query_sacct(r["job_id"] for r in records.values()) if executor == "slurm" else None
-    rows = stage_rows(run, list(profile.stages), done_states(run, profile), records, sacct)
+    ids = [r["job_id"] for r in records.values()]
+    sacct = slurm.query_sacct(ids) if executor == "slurm" else None
+    scontrol = slurm.query_scontrol(ids) if executor == "slurm" and sacct is None else None
+    rows = stage_rows(run, list(profile.stages), done_states(run, profile), records, sacct or scontrol)
     lines = [f"run {run.path} (profile {profile.name}, executor {executor})", format_rows(rows)]
     lines += failure_notes(run, rows)
     lines += warning_notes(run, list(profile.stages))
-    if executor == "slurm" and sacct is None:
+    if executor == "slurm" and sacct is None and scontrol is not None:
+        lines += ["", "note: sacct gave no answer (no accounting here?); job states come from scontrol, which "
+                  "keeps a job for the cluster's MinJobAge after it ends"]
+    elif executor == "slurm" and sacct is None:
         lines += ["", "note: sacct gave no answer (no accounting here?); states come from the stages' own files, "
                   "so a job the scheduler killed shows its last written state"]
     return "\n".join(lines)
