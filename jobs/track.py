@@ -32,6 +32,7 @@ from pipeline.runs import RUNS_DIR, RunDir
 from pipeline.tracking.importer import Tracked, track as import_runs
 from pipeline.tracking.store import DEFAULT_DB
 
+
 def resolve(path: str | os.PathLike) -> tuple[list[RunDir], Path | None]:
     """The runs a RUN argument names: one run, or every run of a sweep folder (and that folder)."""
     runs = sweep_runs(path)
@@ -108,10 +109,10 @@ def compare(paths: Sequence[str]) -> str:
     return compare_markdown(read_records(runs))
 
 
-def finish_run(run: RunDir, strict: bool = False) -> None:
+def finish_run(run: RunDir) -> None:
     """The chain's last step for ``run``: its report (and its sweep's), then, with
-    ``tracking.enabled``, the import. ``strict`` raises on failure; otherwise a failure is one warning
-    line with the command to retry, and the finished chain stays finished."""
+    ``tracking.enabled``, the import. A failure is one warning line with the command to retry: the
+    finished chain stays finished."""
     sweep = sweep_of(run)
     try:
         records = read_records([run])[0]
@@ -120,8 +121,6 @@ def finish_run(run: RunDir, strict: bool = False) -> None:
         if sweep is not None:
             print(f"sweep report: {write_sweep_report(sweep, members)}", flush=True)
     except Exception as exc:
-        if strict:
-            raise
         print(f"warning: the report of {run.path} failed: {_reason(exc)} (retry: make report RUN={run.path})")
         return
     if not records.profile.tracking.enabled:
@@ -129,8 +128,6 @@ def finish_run(run: RunDir, strict: bool = False) -> None:
     try:
         tracked = import_runs([records], sweep, members)
     except Exception as exc:
-        if strict:
-            raise
         print(f"warning: tracking {run.path} failed: {_reason(exc)} (retry: make track RUN={sweep or run.path})")
         return
     browse = "; browse with: make ui" if tracked.uri.startswith("sqlite:") else ""

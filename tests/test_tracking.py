@@ -202,6 +202,19 @@ def test_the_last_step_of_a_chain_reports_and_tracks_unless_disabled(can_run, tm
     assert not (unfinished.path / "report.html").exists() and not (tmp_path / "part" / DEFAULT_DB).exists()
 
 
+def test_a_last_step_that_cannot_reach_the_server_warns_and_leaves_the_chain_done(can_run, tmp_path, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    run = copy_run(can_run, tmp_path / "runs", "offline")
+    frozen = yaml.safe_load(run.profile_path.read_text())
+    run.profile_path.write_text(yaml.safe_dump({**frozen, "tracking": {"uri": f"http://127.0.0.1:{_free_port()}"}}))
+    finish_run(run)   # nothing listens there
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"report: {run.path / 'report.html'}"
+    assert lines[1].startswith(f"warning: tracking {run.path} failed: ") and lines[1].endswith(
+        f"(retry: make track RUN={run.path})") and len(lines) == 2
+
+
 @pytest.mark.parametrize("profile", ["local", "primekg"])
 def test_tracking_keys_change_no_stage_fingerprint(profile):
     base = load_profile(profile, check_paths=False)

@@ -123,8 +123,9 @@ def fit_series(fit: Fit, start_ms: int, prefixed: bool) -> list[tuple[str, float
 
 
 def metric_key(name: str) -> str:
-    """A name as MLflow takes it: letters, digits, ``_ - . /`` and spaces; anything else becomes ``_``."""
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name.replace("@", "_at_"))
+    """A name as MLflow takes it: letters, digits, ``_ - . /`` and spaces (anything else becomes ``_``),
+    at most 250 characters."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name.replace("@", "_at_"))[:250]
 
 
 def done_numbers(done: dict[str, Any]) -> Metrics:
