@@ -16,13 +16,12 @@ import datetime as dt
 import logging
 import math
 import os
-import socket
 from typing import Any, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from pipeline.rank_watch import RankLost, RankWatch, first_line
+from pipeline.rank_watch import RankLost, RankWatch, first_line, node_name
 
 T = TypeVar("T")
 
@@ -126,7 +125,7 @@ def _rendezvous(world: int, rank_: int, timeout_s: float, timeout_key: str) -> d
         return dist.TCPStore(host, port, world, is_master=rank_ == 0, timeout=dt.timedelta(seconds=timeout_s),
                              wait_for_workers=True)
     except Exception as exc:  # DistStoreError / RuntimeError: timed out, or the host does not resolve
-        raise RankLost(f"rank {rank_} of {world} on node {socket.gethostname()}: the ranks did not all meet at "
+        raise RankLost(f"rank {rank_} of {world} on node {node_name()}: the ranks did not all meet at "
                        f"{host}:{port} within {timeout_key}={timeout_s:g}s ({type(exc).__name__}: "
                        f"{first_line(exc)}); check that every node resolves and reaches the first node (on a "
                        "multi-homed node set GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME)") from exc

@@ -57,6 +57,11 @@ class RankInfo:
         return f"rank {self.rank} ({where}; its log: {self.log})" if self.log else f"rank {self.rank} ({where})"
 
 
+def node_name() -> str:
+    """This node as the scheduler names it (SLURMD_NODENAME, what squeue and sinfo show), else its host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an error, without the C++ source location gloo and c10d put in front."""
     line = (str(exc).splitlines() or [""])[0]
@@ -79,7 +84,7 @@ class RankWatch:
     def __init__(self, store: dist.Store, rank: int, world: int) -> None:
         self.store, self.rank, self.world = store, rank, world
         self._stop = threading.Event()
-        info = RankInfo(rank, socket.gethostname(), os.getpid(), os.environ.get(RANK_LOG_ENV) or None)
+        info = RankInfo(rank, node_name(), os.getpid(), os.environ.get(RANK_LOG_ENV) or None)
         store.set(f"rank_watch/info/{rank}", json.dumps(info.__dict__))
         self._thread = threading.Thread(target=self._beat, name=f"rank-watch-{rank}", daemon=True)
         self._thread.start()

@@ -225,14 +225,16 @@ add_host_names() {
     for node in "${NODES[@]}"; do
         getent hosts "$node" >/dev/null 2>&1 || missing+=("$node")
     done
-    ((${#missing[@]} == 0)) || printf '127.0.0.1 %s %s\n' "${missing[*]}" "$HOSTS_MARK" >>/etc/hosts
+    ((${#missing[@]} == 0)) && return 0
+    { printf '127.0.0.1 %s %s\n' "${missing[*]}" "$HOSTS_MARK" >>/etc/hosts; } 2>/dev/null ||
+        die "${missing[*]} do not resolve and /etc/hosts is not writable: add '127.0.0.1 ${NODES[*]}' to it"
 }
 
 remove_host_names() {
     grep -q -- "$HOSTS_MARK" /etc/hosts 2>/dev/null || return 0
     # /etc/hosts may be a bind mount (containers): rewrite it in place rather than replacing the file.
     local kept
-    kept="$(grep -v -- "$HOSTS_MARK" /etc/hosts)"
+    kept="$(grep -v -- "$HOSTS_MARK" /etc/hosts || true)"
     printf '%s\n' "$kept" >/etc/hosts
 }
 
@@ -305,9 +307,21 @@ cmd_start() {
     start_munged
     spawn slurmctld slurmctld -D -i
     wait_for slurmctld 30 scontrol ping || fail_start "slurmctld did not start"
+    # A UTS namespace needs CAP_SYS_ADMIN, which an unprivileged container lacks: then both slurmd share
+    # this machine's host name (jobs still see SLURMD_NODENAME=n1/n2, and n1/n2 still resolve).
+    if unshare --uts true 2>/dev/null; then
+        echo own >"$STATE/hostnames"
+    else
+        echo shared >"$STATE/hostnames"
+        log "unshare --uts is not permitted here: the nodes share the host name $(hostname)"
+    fi
     for node in "${NODES[@]}"; do
         mkdir -p "$STATE/spool/slurmd-$node"
-        spawn "slurmd-$node" unshare --uts sh -c 'hostname "$1" && exec slurmd -D -N "$1"' sh "$node"
+        if [[ "$(cat "$STATE/hostnames")" == own ]]; then
+            spawn "slurmd-$node" unshare --uts sh -c 'hostname "$1" && exec slurmd -D -N "$1"' sh "$node"
+        else
+            spawn "slurmd-$node" slurmd -D -N "$node"
+        fi
     done
     if ! wait_for "nodes ${NODES[*]}" "$TIMEOUT" nodes_ready; then
         sinfo -N -l >&2 || true

@@ -59,6 +59,9 @@ class TwoNodeCluster:
     """Changes with every start (job ids restart at 1): a submitit folder must not outlive it."""
     start_s: float | None
     """How long this session's start took; None when it was already up."""
+    own_hostnames: bool = True
+    """Each node has its own host name (a UTS namespace); False where unshare is not permitted (a
+    container without CAP_SYS_ADMIN): then only SLURMD_NODENAME tells the nodes apart."""
     nodes: tuple[str, ...] = ("n1", "n2")
 
     @property
@@ -121,9 +124,9 @@ class TwoNodeCluster:
         return None
 
 
-def _generation(state: Path) -> str:
+def _state_file(state: Path, name: str) -> str:
     try:
-        return (state / "generation").read_text().strip()
+        return (state / name).read_text().strip()
     except OSError:
         return ""
 
@@ -147,7 +150,8 @@ def slurm2_cluster():
             pytest.fail(f"scripts/local-slurm-2node.sh start exited {proc.returncode}:\n{proc.stdout}{proc.stderr}",
                         pytrace=False)
         started = True
-    yield TwoNodeCluster(state_dir=state, generation=_generation(state), start_s=start_s)
+    yield TwoNodeCluster(state_dir=state, generation=_state_file(state, "generation"), start_s=start_s,
+                         own_hostnames=_state_file(state, "hostnames") != "shared")
     if started and _truthy(os.environ.get("LOCAL_SLURM_STOP_AFTER")):
         _script("stop")
 

@@ -79,7 +79,7 @@ def _finished_on_two_nodes(cluster, root: Path, profile: str) -> RunDir:
     return run
 
 
-def _check_two_node_run(run: RunDir, reference: dict, mem_gb: float) -> None:
+def _check_two_node_run(cluster, run: RunDir, reference: dict, mem_gb: float) -> None:
     """Same weights as the reference, one rank per node, rank 0's files only, each rank planned for its node."""
     best = torch.load(run.path / "teacher" / "best.pt", weights_only=True)
     assert _max_diff(best["state_dict"], reference["state_dict"]) < 1e-5
@@ -93,7 +93,7 @@ def _check_two_node_run(run: RunDir, reference: dict, mem_gb: float) -> None:
     assert re.search(r"data-parallel: rank 0 of 2 \(gloo, master n1:\d+", log), log
     assert "data-parallel: rank 1 of 2" in (job_dir / f"{job}_1_log.err").read_text()
     assert STAGE_FILES <= {p.name for p in (run.path / "teacher").iterdir()}
-    assert run.read_status("teacher")["host"] == "n1"  # rank 0's node wrote the stage's status
+    assert run.read_status("teacher")["host"] == ("n1" if cluster.own_hostnames else socket.gethostname())
     lines = [json.loads(line) for line in (run.path / "teacher" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, run.profile().train.epochs + 1))
     assert all(r["ranks"] == 2 for r in lines)
@@ -103,9 +103,10 @@ def _check_two_node_run(run: RunDir, reference: dict, mem_gb: float) -> None:
     assert "slurm_n2" not in budget["total_source"]  # rank 0's plan, made on n1
 
 
-def _ranks(_: int) -> tuple[str, str, str, str]:
+def _ranks(_: int) -> tuple[str, str, str, str, str]:
     export_rank_environment()
-    return socket.gethostname(), os.environ["RANK"], os.environ["MASTER_ADDR"], os.environ["LOCAL_WORLD_SIZE"]
+    return (os.environ["SLURMD_NODENAME"], socket.gethostname(), os.environ["RANK"], os.environ["MASTER_ADDR"],
+            os.environ["LOCAL_WORLD_SIZE"])
 
 
 def test_two_nodes_run_one_rank_each_under_their_own_hostnames(on_two_nodes, tmp_path):
@@ -114,7 +115,11 @@ def test_two_nodes_run_one_rank_each_under_their_own_hostnames(on_two_nodes, tmp
     job = executor.submit(_ranks, 0)
     # submitit learns of a job that died without a result only from sacct, which this cluster lacks
     assert on_two_nodes.wait_state(job.job_id, timeout=120) == "COMPLETED", on_two_nodes.describe(job.job_id)
-    assert job.results() == [("n1", "0", "n1", "1"), ("n2", "1", "n1", "1")]
+    ranks = job.results()
+    assert [(node, rank, master, local) for node, _, rank, master, local in ranks] == [
+        ("n1", "0", "n1", "1"), ("n2", "1", "n1", "1")]
+    if on_two_nodes.own_hostnames:
+        assert [host for _, host, *_ in ranks] == ["n1", "n2"]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +132,7 @@ def test_can_teacher_on_two_nodes_matches_one_process_with_grad_accum_2(on_two_n
                                                                          tmp_path):
     run_cli("submit", *_args(tmp_path / "runs", "ci", [f"data.cache_dir={ci_cache}", *CAN]))
     run = _finished_on_two_nodes(on_two_nodes, tmp_path / "runs", "ci")
-    _check_two_node_run(run, can_reference, mem_gb=2)
+    _check_two_node_run(on_two_nodes, run, can_reference, mem_gb=2)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +145,7 @@ def test_kg_teacher_on_two_nodes_matches_one_process_with_grad_accum_2(on_two_no
     reference = _in_process(tmp_path / "ref", "primekg", [*overrides, "train.grad_accum=2"])
     run_cli("submit", *_args(tmp_path / "runs", "primekg", [*overrides, "resources.teacher.nodes=2"]))
     run = _finished_on_two_nodes(on_two_nodes, tmp_path / "runs", "primekg")
-    _check_two_node_run(run, reference, mem_gb=2)
+    _check_two_node_run(on_two_nodes, run, reference, mem_gb=2)
 
 
 # -- interruptions ----------------------------------------------------------------------------------------
@@ -193,7 +198,8 @@ def test_preempted_two_node_job_resumes_on_both_nodes_with_every_epoch_once(on_t
     assert json.loads((run.path / "teacher" / "done.json").read_text())["epochs_run"] == EPOCHS
 
 
-TIMEOUT_S = 10
+TIMEOUT_S = 20
+"""Long enough that ranks planning their memory at different speeds on a loaded machine do not time out."""
 
 
 @pytest.mark.parametrize("how, rank, node", [(signal.SIGSTOP, 1, "n2"), (signal.SIGKILL, 0, "n1")],
