@@ -99,12 +99,12 @@ def mlflow_server(tmp_path):
         yield url
     finally:
         os.killpg(server.pid, signal.SIGINT)   # as Ctrl-C: the server stops its workers
-        try:
-            server.wait(timeout=60)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)   # anything of its group still there
-            log.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)   # whatever of its group is still shutting down
+        server.wait(timeout=30)
+        log.close()
 
 
 def test_a_run_tracked_to_a_server_reads_back_over_its_rest_api(can_run, mlflow_server):
