@@ -13,7 +13,7 @@ SEEDS ?= 1
 O ?=
 OVERRIDES := $(foreach o,$(O),-O $(o))
 
-.PHONY: help venv demo test dry-run submit status resume plan bench clean-cache slurm-up slurm-down slurm-status test-slurm
+.PHONY: help venv demo test dry-run submit status resume plan bench clean-cache slurm-up slurm-down slurm-status test-slurm gpu-check gpu-wheels
 
 help:
 	@echo "make demo                     run preprocess -> teacher -> evaluate on data/sample via submitit's local executor"
@@ -25,6 +25,8 @@ help:
 	@echo "make resume RUN=runs/...      resubmit only stages that are not done"
 	@echo "make plan PROFILE=set_01      memory budget and batch plan for the profile's target device"
 	@echo "make bench                    benchmark table in bench/results/"
+	@echo "make gpu-check OUT=dir        the memory planner checked on this node's GPU (no venv needed)"
+	@echo "make gpu-wheels               wheels for gpu-check on a GPU node without internet, into .wheels/"
 	@echo "make slurm-up / slurm-down    start/stop the local single-node SLURM cluster (root; installs it if missing)"
 	@echo "make test-slurm               only the tests that need the local SLURM cluster"
 	@echo "make slurm2-up / slurm2-down  start/stop the local two-node SLURM cluster (n1, n2; root; SLURM_CONF in slurm2-status)"
@@ -114,3 +116,24 @@ compare: $(STAMP)
 
 ui: $(STAMP)
 	$(PY) -m jobs ui $(if $(STORE),--store $(STORE)) $(if $(PORT),--port $(PORT))
+
+# The planner checked on a GPU (docs/memory.md). gpu-check needs no venv: on a GPU node the python
+# that has torch runs it from this checkout, with what it lacks installed from .wheels/ for the run.
+OUT ?= bench/results/gpu-check
+GPU_CHECK_ARGS ?=
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+WHEELS := .wheels
+WHEEL_PYTHONS ?= 3.10 3.11 3.12
+WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+gpu-check:
+	@PYTHON=$(GPU_PYTHON) bash scripts/gpu-check.sh $(OUT) $(GPU_CHECK_ARGS)
+
+gpu-wheels:
+	rm -rf $(WHEELS).part && mkdir -p $(WHEELS).part
+	for v in $(WHEEL_PYTHONS); do \
+	  $(PYTHON) -m pip download -q --only-binary=:all: --implementation cp --python-version $$v $(WHEEL_PLATFORMS) \
+	    -r constraints/gpu-wheels.txt -c constraints/gpu-wheels.txt -d $(WHEELS).part || exit 1; \
+	done
+	rm -rf $(WHEELS) && mv $(WHEELS).part $(WHEELS)
+	@echo "$$(ls $(WHEELS) | wc -l) wheels, $$(du -sh $(WHEELS) | cut -f1) in $(WHEELS)/: copy it into the checkout on the GPU node"
