@@ -33,7 +33,7 @@ def expected_keys() -> dict[int, set[str]]:
     sizes = range(1, len(SMOKE.fractions) + 1)
     devices = [f"{total >> 20}MiB" for total in SMOKE.small_devices]
     return {
-        1: {f"1/{s}/{item}" for s in SUBJECTS for item in ("plan", "static", "worst", "reserved",
+        1: {f"1/{s}/{item}" for s in SUBJECTS for item in ("plan", "static", "outside", "worst", "reserved",
                                                             *(f"size{i}" for i in sizes))},
         2: {"2/context"} | {f"2/{s}/{d}/{item}" for s in SUBJECTS for d in devices for item in ("plan", "ooms", "share")},
         3: {f"3/{item}" for item in ("claim", "limit", "plan", "backoffs", "error", "budget", "epoch")},

@@ -29,6 +29,8 @@ class Meter:
         """CPU only: bytes already on the 'device' when the block starts (CUDA counts them itself)."""
         self.allocated = 0
         self.reserved: int | None = None
+        self.before = 0
+        """Bytes allocated when the block starts."""
         self._tracker: LiveTensorTracker | None = None
         self._base = 0
 
@@ -36,8 +38,9 @@ class Meter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
         else:
-            self._base = self.resident()
+            self._base = self.before = self.resident()
             self._tracker = LiveTensorTracker()
             self._tracker.__enter__()
         return self

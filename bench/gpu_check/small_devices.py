@@ -25,10 +25,11 @@ def check_small_devices(subjects: list[Subject], sizes: Sizes, device: torch.dev
     outside = context_row(device)
     rows = [outside[0]]
     for subject in subjects:
-        for total in sizes.small_devices:
-            folder = work / f"small-{subject.name.replace(' ', '-')}-{total}"
-            rows += device_rows(subject, total, sizes, device, folder, outside[1])
-            free_cached(device)
+        with subject.on(device):
+            for total in sizes.small_devices:
+                folder = work / f"small-{subject.name.replace(' ', '-')}-{total}"
+                rows += device_rows(subject, total, sizes, device, folder, outside[1])
+                free_cached(device)
     return rows
 
 

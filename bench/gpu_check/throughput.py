@@ -26,24 +26,33 @@ WARMUP_STEPS = 3
 
 def check_throughput(gat: Subject, hgt: Subject, sizes: Sizes, device: torch.device, work: Path) -> list[Row]:
     total = min(total_bytes(device) or sizes.eval_cap_bytes, sizes.eval_cap_bytes)
+    with gat.on(device):
+        rows = [teacher_row(gat, total, sizes, device, work)]
+    with hgt.on(device):
+        rows.append(kg_row(hgt, total, sizes, device, work))
+    return rows
+
+
+def teacher_row(gat: Subject, total: int, sizes: Sizes, device: torch.device, work: Path) -> Row:
     planned = gat.plan(total, work / "throughput-gat.json")
     split = gat.data
     graphs = min(sizes.throughput_graphs, len(split))
     loader = GraphLoader(split, gat.profile.train.batch_size, shuffle=True, seed=0, indices=torch.arange(graphs),
                          max_nodes=planned.units)
     seconds = timed_epoch(gat, loader, sizes, device, work / "throughput-gat")
-    rows = [Row("5/teacher", f"GAT teacher training: graphs/s ({graphs:,} graphs, {len(loader)} steps of <= "
-                f"{gat.profile.train.batch_size} graphs, AMP {gat.profile.train.amp})", round(graphs / seconds, 1))]
+    return Row("5/teacher", f"GAT teacher training: graphs/s ({graphs:,} graphs, {len(loader)} steps of <= "
+               f"{gat.profile.train.batch_size} graphs, AMP {gat.profile.train.amp})", round(graphs / seconds, 1))
 
+
+def kg_row(hgt: Subject, total: int, sizes: Sizes, device: torch.device, work: Path) -> Row:
     planned = hgt.plan(total, work / "throughput-hgt.json")
     seeds = min(planned.units, hgt.profile.kg.max_seed_edges)
     kg = hgt.profile.kg
     kg_loader = LinkBatchLoader(hgt.data, seeds, kg.fanouts[:hgt.model.num_layers], kg.neg_ratio, 0,
                                 sizes.throughput_kg_steps, kg.sampler)
     seconds = timed_epoch(hgt, kg_loader, sizes, device, work / "throughput-hgt")
-    rows.append(Row("5/kg", f"HGT teacher training: steps/s ({sizes.throughput_kg_steps} steps of {seeds} seed "
-                    f"edges, sampler {kg.sampler})", round(sizes.throughput_kg_steps / seconds, 2)))
-    return rows
+    return Row("5/kg", f"HGT teacher training: steps/s ({sizes.throughput_kg_steps} steps of {seeds} seed "
+               f"edges, sampler {kg.sampler})", round(sizes.throughput_kg_steps / seconds, 2))
 
 
 def timed_epoch(subject: Subject, loader: Any, sizes: Sizes, device: torch.device, folder: Path) -> float:

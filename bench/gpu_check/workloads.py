@@ -9,12 +9,14 @@ times so the largest plans still find full batches, and ``pipeline.kg.generator`
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
+from bench.gpu_check.device import free_cached
 from bench.gpu_check.sizes import GiB, Sizes
 from pipeline import io
 from pipeline.can.data.build import preprocess
@@ -98,13 +100,23 @@ class Subject:
     def first_batch(self, units: int, seed: int = 0) -> Any:
         return next(self.batches(units, seed))
 
+    @contextmanager
+    def on(self, device: torch.device) -> Iterator["Subject"]:
+        """The model on ``device`` for the block, back on the host after it: on CUDA every byte the
+        process holds counts in ``max_memory_allocated``, so only the model under test may be there."""
+        self.model.to(device)
+        try:
+            yield self
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            self.model.to("cpu")
+            free_cached(device)
+
 
 def can_subject(name: str, model: torch.nn.Module, loss_fn: Callable, split: GraphSplit, profile: Profile,
                 device: torch.device, indices: torch.Tensor | None = None, teacher: torch.nn.Module | None = None) -> Subject:
     """A CAN model planned by ``pipeline.can.plan`` and fed by ``GraphLoader``, as its stage does."""
     from pipeline.can.plan import plan_graph_batches
-
-    model.to(device)
 
     def plan(total: int, path: Path) -> Planned:
         budget, p = plan_graph_batches(model, split, loss_fn, device, SAFETY_FACTOR, 10**6, path, "gpu-check",
@@ -132,7 +144,6 @@ def kg_subject(name: str, model: torch.nn.Module, loss_fn: Callable, graph: Any,
     from pipeline.kg.plan import LinkBatchWorkload, cost_counts
     from pipeline.kg.sampler import LinkBatchLoader
 
-    model.to(device)
     fanouts = profile.kg.fanouts[:model.num_layers]
 
     def loader(units: int, seed: int) -> LinkBatchLoader:
