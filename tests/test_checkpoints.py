@@ -160,3 +160,25 @@ def test_checkpointer_restores_weights_optimizer_and_rng_streams(tmp_path):
 
     loader.resume_key = "inputs-2"                    # a changed profile: the checkpoint is not resumed
     assert loader.load(torch.device("cpu")) is None
+
+
+def test_a_second_rewind_in_the_same_epoch_lands_on_the_snapshot_again(tmp_path):
+    torch.manual_seed(0)
+    model = small_gat()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    saver = Checkpointer(tmp_path, model, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                         resume_key="inputs-1", log=logging.getLogger("test.checkpoints"))
+
+    def step() -> None:
+        optimizer.zero_grad()
+        sum(p.sum() for p in model.parameters()).backward()
+        optimizer.step()
+
+    step()                                            # moments worth keeping
+    snapshot = saver.snapshot()
+    moments = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items()}
+    for _ in range(2):                                # two out-of-memory retries of one epoch
+        step()
+        saver.rewind(snapshot)
+        state = optimizer.state_dict()["state"][0]
+        assert all(torch.equal(state[k], moments[k]) for k in moments)

@@ -37,6 +37,9 @@ from pipeline.memory.planner import (
     plan_memory,
 )
 
+COST_MODEL_VERSION = 2
+"""Part of a plan's key: a plan cached under an older cost model (version 1 did not count the work of
+the trimmed layers) is measured again rather than reused."""
 PROBE_SEEDS = (16, 32, 64, 128)
 SKEWED_PROBES = 4
 REACH = "@"
@@ -73,7 +76,7 @@ def kg_plan_key(model: torch.nn.Module, graph: KGGraph, loader: LinkBatchLoader,
                "graph": graph.manifest["key"], "fanouts": loader.fanouts, "neg_ratio": loader.neg_ratio,
                "device": str(device), "device_total": device_memory(device, target_gb).total,
                "safety_factor": safety_factor, "max_seed_edges": max_seed_edges,
-               "target_gb": target_gb}
+               "target_gb": target_gb, "cost_model": COST_MODEL_VERSION}
     return io.digest(payload)
 
 

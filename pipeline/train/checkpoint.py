@@ -154,8 +154,11 @@ class Checkpointer:
                               "rng": rng_state()})
 
     def rewind(self, snapshot: dict[str, Any]) -> None:
+        """Back to ``snapshot``, which stays as it was: the optimizer would otherwise keep the
+        snapshot's own state tensors and update them in place, so a second rewind in the same epoch
+        would land on the steps taken after the first."""
         self.model.load_state_dict(snapshot["model"])
-        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
         set_rng_state(snapshot["rng"])
 
     # -- the requeue marker -----------------------------------------------------------
