@@ -81,12 +81,13 @@ def _table_rows(path: Path) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        cells = [_cell(row.get(c)) for c in COLUMNS]
+        cells = [cell(row.get(c)) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as a markdown table cell: yes / **NO** for targets, 4 significant digits, no stray '|'."""
     if value is True:
         return "yes"
     if value is False:
@@ -95,7 +96,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value)
+    return str(value).replace("|", "/")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.run import cell
 from pipeline import io
 
 MD_NAME = "gpu-check.md"
@@ -73,7 +74,7 @@ class Report:
             if check.error:
                 lines += [f"**stopped by an error:** `{check.error}`", ""]
             lines += ["| metric | value | target | ok |", "|---|---|---|---|"]
-            lines += [f"| {r.metric} | {_cell(r.value)} | {r.target or ''} | {_cell(r.ok)} |" for r in check.rows]
+            lines += [f"| {r.metric} | {cell(r.value)} | {r.target or ''} | {cell(r.ok)} |" for r in check.rows]
             lines.append("")
         return "\n".join(lines)
 
@@ -84,15 +85,3 @@ def error_line(exc: BaseException) -> str:
     where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
     first = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {first[:300]}{where}"
-
-
-def _cell(value: Any) -> str:
-    if value is True:
-        return "yes"
-    if value is False:
-        return "**NO**"
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value).replace("|", "/")
