@@ -7,6 +7,7 @@
     models.py      load_model (a best.pt back to a model, through ``pipeline.model_registry``), predict,
                    count_parameters
     runtime.py     configure_threads, seed_everything
+    parallel.py    the model and its loss as one module, in DDP with several ranks
 
 Stages import the public names from here (``from pipeline.train import Trainer``). They are loaded
 on first use, so importing a torch-free module of the package (``layout``, which the requeue hook

@@ -22,13 +22,13 @@ Data-parallel: when the stage runs in a process group of W ranks (``pipeline.dis
 loop wraps the model in ``DistributedDataParallel`` and shards the train loader's epoch, so one
 optimizer step of W ranks covers the W consecutive batches that one process with
 ``grad_accum = W`` accumulates, with the same averaged gradient. DDP wraps the model and its loss
-as one module (``_LossForward``), so whatever parameters ``loss_fn`` touches, in the model's
+as one module (``pipeline.train.parallel.LossForward``), so whatever parameters ``loss_fn`` touches, in the model's
 forward or outside it (a KG scorer's relation table), are synchronised. Losses are summed over
 ranks, rank 0 validates and broadcasts the metrics (so every rank takes the same
 early-stopping decision), and only rank 0 writes checkpoint.pt, best.pt and metrics.jsonl; the
 checkpoint holds every rank's RNG state, so resume stays exact at the same world size.
 
-The module runs a little past 400 lines on purpose: the Trainer is one class with one method per
+The module runs to about 400 lines on purpose: the Trainer is one class with one method per
 step (as torchtitan's trainer is), so a stage with an unusual schedule overrides a step; what is
 not a step (the checkpoint format, file layout, selection, seeding) lives in its own module.
 """
@@ -57,6 +57,7 @@ from pipeline.stage_warnings import clear_warnings
 from pipeline.train.checkpoint import Checkpointer, Progress
 from pipeline.train.layout import METRICS
 from pipeline.train.models import count_parameters
+from pipeline.train.parallel import data_parallel
 from pipeline.train.runtime import configure_threads, seed_everything, to_device
 from pipeline.train.selection import Selection
 
@@ -119,7 +120,8 @@ class Trainer:
         self.device = distributed.rank_device(torch.device(device))
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
-        self.train_model = self._data_parallel(self.model, train_loader, find_unused_parameters)
+        self.train_model = data_parallel(self.model, self.loss_fn, train_loader, self.rank, self.world_size,
+                                         self.device, find_unused_parameters, self.dir.name)
         """What a training step calls with a batch: the model's loss (in DistributedDataParallel with several ranks)."""
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -136,19 +138,6 @@ class Trainer:
         self.checkpointer = Checkpointer(self.dir, self.model, self.optimizer, self.scaler,
                                          resume_key=resume_key, log=log)
         self.state = Progress()
-
-    def _data_parallel(self, model: nn.Module, train_loader: Iterable, find_unused: bool) -> nn.Module:
-        """Wrap for DDP and shard the loader when there is more than one rank; else the model's loss as is."""
-        if self.world_size == 1:
-            return _LossForward(model, self.loss_fn)
-        if not hasattr(train_loader, "shard"):
-            raise TypeError(f"{self.dir.name}: {type(train_loader).__name__} cannot be split across "
-                            f"{self.world_size} ranks (it has no shard(rank, world) method); run this stage "
-                            "on one GPU (resources.<stage>.gpus=1, nodes=1) or give the loader a shard method")
-        train_loader.shard(self.rank, self.world_size)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(_LossForward(model, self.loss_fn), device_ids=ids,
-                                                   find_unused_parameters=find_unused)
 
     # -- paths ---------------------------------------------------------
     @property
@@ -398,19 +387,6 @@ class Trainer:
         cut the epoch into different batch counts and wait for each other forever."""
         if self.world_size > 1 and hasattr(self.train_loader, "max_nodes"):
             self.train_loader.max_nodes = distributed.broadcast_object(self.train_loader.max_nodes)
-
-
-class _LossForward(nn.Module):
-    """The model and its loss as one forward: DDP then sees every parameter the loss uses (its hooks
-    reduce their gradients), not only those of ``model.forward``."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch: Any) -> tuple[torch.Tensor, Any]:
-        return self.loss_fn(self.model, batch)
 
 
 # -- helpers ---------------------------------------------------------------------
