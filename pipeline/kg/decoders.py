@@ -9,7 +9,9 @@ embedding models the report compares against (``bench/kg_peers.py``):
     rotate     -|| h o r - t ||^2 with r a unit complex rotation (Sun et al. 2019; squared, which
                ranks candidates as the plain distance does and needs only a matrix product)
 
-Each is scaled by 1/sqrt(width) to start unsaturated, plus a learned offset per edge type. Ranking
+Each is scaled to start unsaturated, plus a learned offset per edge type: the products by
+1/sqrt(width), RotatE's squared distance (a sum of width terms, each about 2 at initialisation) by
+1/width, which keeps its logits near the products' at any width. Ranking
 every candidate of a type at once needs the score as a product of a query with the candidates:
 ``tail_query`` (from the heads) and ``head_query`` (from the tails) give that query, and
 ``rank_scores`` scores it against a block of candidate embeddings; for a pair it equals ``score``.
@@ -39,6 +41,10 @@ def relation_init(kind: str, num_edge_types: int, dim: int) -> torch.Tensor:
     return torch.zeros(num_edge_types, dim // 2)
 
 
+def _scale(kind: str, dim: int) -> float:
+    return 1.0 / dim if kind == "rotate" else 1.0 / math.sqrt(dim)
+
+
 def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     half = x.shape[-1] // 2
     return x[..., :half], x[..., half:]
@@ -53,7 +59,7 @@ def _rotate(x: torch.Tensor, phase: torch.Tensor, sign: float = 1.0) -> torch.Te
 
 def score(kind: str, rel: torch.Tensor, bias: torch.Tensor, h_src: torch.Tensor, h_dst: torch.Tensor) -> torch.Tensor:
     """Logits of pairs (broadcast over leading dimensions) for one edge type's ``rel`` and ``bias``."""
-    scale = 1.0 / math.sqrt(h_src.shape[-1])
+    scale = _scale(kind, h_src.shape[-1])
     if kind == "rotate":
         diff = _rotate(h_src, rel) - h_dst
         return bias - (diff * diff).sum(-1) * scale
@@ -85,7 +91,7 @@ def head_query(kind: str, rel: torch.Tensor, h_dst: torch.Tensor) -> torch.Tenso
 
 def rank_scores(kind: str, bias: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Scores [P, N] of ``query`` [P, D] against every row of ``candidates`` [N, D] (a matrix product)."""
-    scale = 1.0 / math.sqrt(query.shape[-1])
+    scale = _scale(kind, query.shape[-1])
     if kind == "rotate":
         sq = (query * query).sum(-1, keepdim=True) - 2 * query @ candidates.T + (candidates * candidates).sum(-1)
         return bias - sq * scale
