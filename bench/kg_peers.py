@@ -224,7 +224,7 @@ def compare_on(graph_name: str, state: dict[str, Any], root: Path) -> None:
                 nonlocal run
                 run = run or train_ours(graph_name, chosen, extra, ("teacher", "student"), root)
                 return score_ours(run, role)
-            _step(state, f"{graph_name}/ours/{variant}/{role}", train_and_score)
+            _step(state, f"{graph_name}/ours/{variant}/{chosen}/{role}", train_and_score)
     budget = state[f"{graph_name}/ours/{chosen}/teacher"]["train_cpu_seconds"]
     graph = KGGraph.open(cache_of(root, graph_name))
     for peer in PEERS:
@@ -261,10 +261,10 @@ def rows(state: dict[str, Any]) -> list[dict[str, Any]]:
             r = state[f"{graph_name}/ours/{decoder}/teacher"]
             out.append(_row(f"{graph_name}: our teacher, label-free, decoder {decoder}"
                             f"{' (chosen on val)' if decoder == chosen else ''}", r))
-        ours = {k.split("/", 2)[2]: v for k, v in state.items() if k.startswith(f"{graph_name}/ours/")
-                and k.split("/")[2] not in DECODERS}
+        ours = {k.split("/")[2] + " " + k.split("/")[4]: v for k, v in state.items()
+                if k.startswith(f"{graph_name}/ours/") and k.count("/") == 4 and k.split("/")[3] == chosen}
         for name, r in ours.items():
-            out.append(_row(f"{graph_name}: our {name.replace('/', ' ')} ({chosen})", r))
+            out.append(_row(f"{graph_name}: our {name}, decoder {chosen}", r))
         peers = [state[f"{graph_name}/peer/{p}"] for p in PEERS]
         for r in peers:
             out.append(_row(f"{graph_name}: {r['peer']} (dim {r['dim']}, lr {r['lr']}, chosen on val)", r))
