@@ -284,6 +284,35 @@ remove_cgroups() {
     done
 }
 
+spawn_slurmd() {
+    local node="$1"
+    if [[ "$(cat "$STATE/hostnames")" == own ]]; then
+        spawn "slurmd-$node" unshare --uts sh -c 'hostname "$1" && exec slurmd -D -N "$1"' sh "$node"
+    else
+        spawn "slurmd-$node" slurmd -D -N "$node"
+    fi
+}
+
+# Until both nodes are idle. A slurmd killed from outside while the cluster comes up (a machine still
+# tearing down an earlier user's processes) is started again, at most twice in all.
+wait_for_nodes() {
+    local deadline=$((SECONDS + TIMEOUT)) restarts=0 node
+    until nodes_ready; do
+        for node in "${NODES[@]}"; do
+            is_up "slurmd-$node" slurmd && continue
+            ((restarts < 2)) || fail_start "slurmd of $node exited"
+            restarts=$((restarts + 1))
+            log "slurmd of $node exited; starting it again ($restarts/2)"
+            spawn_slurmd "$node"
+        done
+        if ((SECONDS >= deadline)); then
+            sinfo -N -l >&2 || true
+            fail_start "nodes not idle after ${TIMEOUT}s"
+        fi
+        sleep 0.5
+    done
+}
+
 cmd_start() {
     if healthy; then
         log "already running (generation $(cat "$STATE/generation" 2>/dev/null))"
@@ -317,16 +346,9 @@ cmd_start() {
     fi
     for node in "${NODES[@]}"; do
         mkdir -p "$STATE/spool/slurmd-$node"
-        if [[ "$(cat "$STATE/hostnames")" == own ]]; then
-            spawn "slurmd-$node" unshare --uts sh -c 'hostname "$1" && exec slurmd -D -N "$1"' sh "$node"
-        else
-            spawn "slurmd-$node" slurmd -D -N "$node"
-        fi
+        spawn_slurmd "$node"
     done
-    if ! wait_for "nodes ${NODES[*]}" "$TIMEOUT" nodes_ready; then
-        sinfo -N -l >&2 || true
-        fail_start "nodes not idle after ${TIMEOUT}s"
-    fi
+    wait_for_nodes
     date +%s%N >"$STATE/generation"
     log "up in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')s: nodes ${NODES[*]}," \
         "memory enforcement $mode, SLURM_CONF=$SLURM_CONF"

@@ -488,6 +488,12 @@ slurmd_cgroup_failure() {
     tail -c "+$((SLURMD_LOG_OFFSET + 1))" "$LOG/slurmd.log" 2>/dev/null | grep -qi cgroup
 }
 
+# Did the slurmd started last log an error or a fatal line?
+slurmd_logged_error() {
+    tail -c "+$((SLURMD_LOG_OFFSET + 1))" "$LOG/slurmd.log" 2>/dev/null |
+        grep -v "mpi/pmix\|MPI: Cannot create context" | grep -qi "error\|fatal"
+}
+
 stop_daemon() {
     local name="$1" pid i
     local f
@@ -553,7 +559,7 @@ cmd_start() {
     start_slurmdbd
     start_slurmctld
     start_slurmd
-    local deadline=$((SECONDS + TIMEOUT)) resume_at=$((SECONDS + 5)) st
+    local deadline=$((SECONDS + TIMEOUT)) resume_at=$((SECONDS + 5)) st restarts=0
     until node_ready; do
         if ! is_up slurmd; then
             if [[ "$mode" == cgroup && -z "${LOCAL_SLURM_MEM_MODE:-}" ]] &&
@@ -565,6 +571,16 @@ cmd_start() {
                 write_configs "$mode"
                 stop_daemon slurmctld
                 start_slurmctld
+                start_slurmd
+                continue
+            fi
+            # A slurmd that leaves nothing in its log was killed from outside (a machine that is
+            # still tearing down the processes of an earlier user): start it again, a bounded
+            # number of times, before calling the cluster broken.
+            if ((restarts < 2)) && ! slurmd_logged_error; then
+                restarts=$((restarts + 1))
+                log "slurmd exited without an error in its log; starting it again ($restarts/2)"
+                sleep 2
                 start_slurmd
                 continue
             fi
