@@ -4,7 +4,8 @@ import json
 import pytest
 
 from pipeline.can.metrics import classification_metrics
-from pipeline.can.stages.evaluate import inference_node_cap, markdown_table
+from pipeline.can.metrics_table import LEGEND
+from pipeline.can.stages.evaluate import inference_node_cap
 from pipeline.runner import StageError, run_stage
 from tests.helpers import run_with_cache, tiny_profile, write_synthetic_cache
 
@@ -31,7 +32,10 @@ def test_teacher_then_evaluate(tmp_path):
     assert val["graphs"] == 80 and sum(map(sum, val["confusion"])) == 80
     assert val["attacks"] == val["confusion"][1][0] + val["confusion"][1][1]
     table = (run.path / "evaluate" / "metrics.md").read_text().splitlines()
-    assert table[0].startswith("| model | split | graphs | attacks |") and len(table) == 2 + 3
+    assert table[0].startswith("| model | split | graphs | attacks | prevalence | AUROC | AP | MCC |")
+    assert [line.split(" | ")[1] for line in table[2:5]] == ["val", "test_01_known", "test_02_unknown"]
+    assert table[5:] == ["", LEGEND]
+    assert val["auroc"] is not None and val["oracle_f1"] >= val["f1"] and isinstance(val["near_trivial"], bool)
     assert result["metrics_table"] == str(run.path / "evaluate" / "metrics.md")
     # batches stay under the teacher's planned node cap
     cap = teacher["batch_plan"]["max_nodes"]
@@ -54,8 +58,6 @@ def test_metrics_on_one_class_split_are_defined():
 
     m = classification_metrics(torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 0]))
     assert m["f1"] == 0.0 and m["accuracy"] == 0.75 and m["confusion"] == [[3, 1], [0, 0]]
-    row = {"model": "teacher", "split": "s", "graphs": 4, "attacks": 0, **m}
-    assert "| teacher | s | 4 | 0 | 0.7500 |" in markdown_table([row])
 
 
 def test_inference_node_cap_is_the_smallest_planned_cap():

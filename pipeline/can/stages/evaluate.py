@@ -4,15 +4,22 @@ Each test folder is a scenario (known/unknown vehicle x known/unknown attack) an
 its own, because a mean over scenarios hides exactly the generalisation gap they exist to show.
 The result is a table of (model, split) rows: every classifier an upstream stage names (the
 teacher, the KD student, the same student without KD, the curriculum student) and, below it, every
-anomaly detector (the VGAE and its student: AUROC of the reconstruction error and F1 at the
-threshold chosen on validation). Each model also gets its parameter count and its CPU inference
-latency per 1,000 graphs, so accuracy is read next to what it costs. Every model's per-window
-scores are kept in ``scores/<model>.npz`` (``pipeline.can.scores``), for the report's curves.
+anomaly detector (the VGAE and its student, thresholded at the value chosen on validation). Every
+row holds ``pipeline.can.metrics.split_metrics``: AUROC and average precision of a continuous attack
+score (a classifier's softmax probability of attack, a detector's reconstruction error), MCC,
+balanced accuracy and F1 at the operating point (argmax for a classifier), the split's prevalence,
+the F1 of calling every window an attack and the oracle F1 (best over all thresholds on the split's
+own labels, never used to choose anything); ``metrics.md`` marks a row whose F1 is within 0.03 of
+that trivial F1 (``pipeline.can.metrics_table``). Each model also gets its parameter count and its
+CPU inference latency per 1,000 graphs, so accuracy is read next to what it costs. Every model's
+per-window scores are kept in ``scores/<model>.npz`` (``pipeline.can.scores``), for the report's curves.
 
 A split without attack windows (a scenario whose attacks remove messages, so no message is
 labelled) has no positives: recall and F1 are 0/0 there and precision can only count false alarms.
-Its row says "no attack windows: F1 undefined" and holds null for them (and for AUROC), never a 0
-that reads like a failed detector; accuracy and the false-positive count still describe it.
+Its row says "no attack windows: F1 undefined" and holds null for them (and for every other score
+of the attack class: AUROC, AP, MCC, trivial and oracle F1), never a 0 that reads like a failed
+detector; accuracy and the false-positive count still describe it. Any other undefined score (the
+AUROC of a split without normal windows) is null too.
 """
 from __future__ import annotations
 
@@ -27,7 +34,8 @@ from pipeline import io
 from pipeline.can.data.cache import GraphSplit
 from pipeline.can.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, validation_loader
 from pipeline.can.inference import cpu_latency_ms_per_1k
-from pipeline.can.metrics import anomaly_scores, auroc, classification_metrics
+from pipeline.can.metrics import UNDEFINED_WITHOUT_ATTACKS, anomaly_scores, split_metrics
+from pipeline.can.metrics_table import detector_table, markdown_table
 from pipeline.can.scores import CLASSIFIER, DETECTOR, ModelScores, write_scores
 from pipeline.train import load_model, predict
 
@@ -36,11 +44,8 @@ CLASSIFIER_STAGES = ("teacher", "student", "curriculum")
 several models, a ``classifiers`` mapping of name -> checkpoint)."""
 DETECTOR_STAGES = ("autoencoder", "student")
 """Upstream stages whose done record may hold ``anomaly_detectors``: name -> {checkpoint, threshold}."""
-COLUMNS = ("graphs", "attacks", "accuracy", "precision", "recall", "f1", "balanced_accuracy")
-DETECTOR_COLUMNS = ("graphs", "attacks", "auroc", "precision", "recall", "f1", "balanced_accuracy")
 COST_COLUMNS = ("params", "cpu_ms_per_1k")
 NO_ATTACKS = "no attack windows: F1 undefined"
-UNDEFINED_WITHOUT_ATTACKS = ("precision", "recall", "f1", "auroc")
 
 
 def run(ctx) -> dict[str, Any]:
@@ -64,8 +69,10 @@ def run(ctx) -> dict[str, Any]:
         for split_name, split in splits.items():
             metrics, scored[split_name] = evaluate_model(model, loader(split))
             row = {"model": name, "split": split_name, **metrics, **cost}
-            ctx.log.info("%s on %s: %d graphs, %d attacks, f1 %s, balanced accuracy %.4f", name, split_name,
-                         row["graphs"], row["attacks"], _score_text(row["f1"]), row["balanced_accuracy"])
+            ctx.log.info("%s on %s: %d graphs, %d attacks, AUROC %s, f1 %s, trivial f1 %s, balanced accuracy %s",
+                         name, split_name, row["graphs"], row["attacks"], _score_text(row, "auroc"),
+                         _score_text(row, "f1"), _score_text(row, "trivial_f1"),
+                         _score_text(row, "balanced_accuracy"))
             rows.append(row)
         write_scores(ctx.dir, ModelScores(name, CLASSIFIER, 0.5, scored))
     detector_rows = []
@@ -76,8 +83,8 @@ def run(ctx) -> dict[str, Any]:
         for split_name, split in splits.items():
             metrics, scored[split_name] = evaluate_detector(model, loader(split), detector["threshold"])
             row = {"model": name, "split": split_name, "threshold": detector["threshold"], **metrics, **cost}
-            ctx.log.info("%s on %s: AUROC %s, f1 %s at threshold %.4g", name, split_name, _score_text(row["auroc"]),
-                         _score_text(row["f1"]), detector["threshold"])
+            ctx.log.info("%s on %s: AUROC %s, f1 %s at threshold %.4g", name, split_name, _score_text(row, "auroc"),
+                         _score_text(row, "f1"), detector["threshold"])
             detector_rows.append(row)
         write_scores(ctx.dir, ModelScores(name, DETECTOR, float(detector["threshold"]), scored))
     io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows,
@@ -90,6 +97,7 @@ def run(ctx) -> dict[str, Any]:
         "scenarios": {r["split"]: r["f1"] for r in rows if r["model"] == "teacher" and r["split"] != "val"},
         "f1": _by_model(rows, "f1"),
         "auroc": _by_model(detector_rows, "auroc"),
+        "near_trivial": [f"{r['model']}/{r['split']}" for r in rows + detector_rows if r["near_trivial"]],
         "models": {r["model"]: {k: r[k] for k in COST_COLUMNS} for r in rows + detector_rows},
     }
 
@@ -128,25 +136,29 @@ Scored = tuple[np.ndarray, np.ndarray]
 
 
 def evaluate_model(model: nn.Module, loader: Iterable) -> tuple[dict[str, Any], Scored]:
-    """Scores of ``model`` on every graph of ``loader``'s split, plus its size and attack count;
-    and each window's probability of attack with its label."""
+    """Scores of ``model`` on every graph of ``loader``'s split (ranking scores from its probability
+    of attack, the rest at its argmax), plus its size and attack count; and each window's
+    probability of attack with its label."""
     logits, y = predict(model, loader)
+    attack = torch.softmax(logits.float(), dim=-1)[:, 1]
     row = undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
-                                     **classification_metrics(y, logits.argmax(-1))})
-    return row, (torch.softmax(logits.float(), dim=-1)[:, 1].numpy(), y.numpy())
+                                     **split_metrics(y, attack, logits.argmax(-1))})
+    return row, (attack.numpy(), y.numpy())
 
 
 def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> tuple[dict[str, Any], Scored]:
-    """AUROC of the reconstruction error on ``loader``'s split, and the classification scores at
-    ``threshold``; and each window's reconstruction error with its label."""
+    """Scores of the reconstruction error on ``loader``'s split (ranking scores from the error, the
+    rest at ``threshold``); and each window's reconstruction error with its label."""
     scores, y = anomaly_scores(model, loader)
-    row = undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()), "auroc": auroc(y, scores),
-                                     **classification_metrics(y, (scores >= threshold).long())})
+    row = undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
+                                     **split_metrics(y, scores, (scores >= threshold).long())})
     return row, (scores.numpy(), y.numpy())
 
 
 def undefined_without_attacks(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` with the attack-class scores set to None and a note when its split has no attack window."""
+    """``row`` with every undefined score (NaN) set to None; when its split has no attack window,
+    the attack-class scores set to None too and a note saying so."""
+    row = {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
     if row["graphs"] == 0 or row["attacks"] > 0:
         return row
     return {**row, **{k: None for k in UNDEFINED_WITHOUT_ATTACKS if k in row}, "note": NO_ATTACKS}
@@ -159,8 +171,10 @@ def model_cost(checkpoint: str, split: GraphSplit, batch_size: int, forward) -> 
             "cpu_ms_per_1k": round(cpu_latency_ms_per_1k(model, forward, split, batch_size), 2)}
 
 
-def _score_text(value: float | None) -> str:
-    return "undefined (no attack windows)" if value is None else f"{value:.4f}"
+def _score_text(row: dict[str, Any], key: str) -> str:
+    if row[key] is not None:
+        return f"{row[key]:.4f}"
+    return "undefined (no attack windows)" if row.get("note") == NO_ATTACKS else "undefined"
 
 
 def _classify(model: nn.Module, batch) -> torch.Tensor:
@@ -176,27 +190,3 @@ def _by_model(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, float
     for r in rows:
         out.setdefault(r["model"], {})[r["split"]] = r[key]
     return out
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
-    """One row per (model, split); the confusion matrix as TN/FP/FN/TP, then parameters and CPU
-    latency per 1,000 graphs (blank when not measured). A score that is undefined (None) reads
-    "undefined", and each row's note is listed below the table."""
-    head = ["model", "split", *columns, "TN", "FP", "FN", "TP", "params", "CPU ms / 1k graphs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        (tn, fp), (fn, tp) = r["confusion"]
-        scores = ["undefined" if r[k] is None else f"{r[k]:.4f}" for k in columns[2:]]
-        cells = [r["model"], r["split"], str(r["graphs"]), str(r["attacks"]), *scores,
-                 str(tn), str(fp), str(fn), str(tp),
-                 f"{r['params']:,}" if "params" in r else "",
-                 f"{r['cpu_ms_per_1k']:.1f}" if "cpu_ms_per_1k" in r else ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"- {r['model']} on {r['split']}: {r['note']}" for r in rows if r.get("note")]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
-
-
-def detector_table(rows: list[dict[str, Any]]) -> str:
-    """The anomaly detectors' section: AUROC of the reconstruction error, scores at the threshold."""
-    return ("\n## Anomaly detectors (VGAE reconstruction error; F1 at the threshold chosen on val)\n\n"
-            + markdown_table(rows, DETECTOR_COLUMNS))
