@@ -131,6 +131,8 @@ def test_a_run_tracked_to_a_server_reads_back_over_its_rest_api(can_run, mlflow_
     evaluate = {m["key"]: m["value"] for m in by_name["evaluate"]["data"]["metrics"]}
     rows = json.loads((can_run.path / "evaluate" / "metrics.json").read_text())["rows"]
     assert evaluate["teacher/test_01_known/f1"] == pytest.approx(rows[1]["f1"])
+    for key in ("auroc", "average_precision", "mcc", "trivial_f1", "oracle_f1"):
+        assert evaluate[f"teacher/test_01_known/{key}"] == pytest.approx(rows[1][key]), key
 
 
 def test_eight_track_processes_at_once_lose_nothing_and_duplicate_nothing(can_run, tmp_path):

@@ -1,7 +1,7 @@
 """The CAN workload's part of the run report: what the evaluate stage measured, as tables and figures.
 
 * The metrics table of every classifier and detector on validation and on each test scenario
-  (``evaluate/metrics.json``).
+  (``evaluate/metrics.json``), with each split's trivial F1 and the oracle F1 beside the F1.
 * Per scenario, ROC and precision-recall curves of every model (``evaluate/roc_pr_<split>.png``),
   from the per-window scores evaluate kept (``pipeline.can.scores``): a scenario without attack
   windows (or without normal ones) has no curve, and the report says so.
@@ -26,7 +26,8 @@ from pipeline.report.html import Image, Note, Section, Table
 from pipeline.report.records import RunRecords
 from pipeline.report.workload import Metrics, WorkloadReport
 
-SCORES = ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "auroc")
+SCORES = ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "auroc", "average_precision", "mcc",
+          "prevalence", "trivial_f1", "oracle_f1")
 COST = ("params", "cpu_ms_per_1k")
 
 
@@ -87,8 +88,8 @@ def sections(records: RunRecords) -> list[Section]:
 
 
 def metrics_table(rows: list[dict[str, Any]], caption: str) -> Table:
-    columns = ("model", "split", "graphs", "attacks", "accuracy", "auroc", "precision", "recall", "f1",
-               "balanced_accuracy", "note")
+    columns = ("model", "split", "graphs", "attacks", "prevalence", "accuracy", "auroc", "average_precision", "mcc",
+               "precision", "recall", "f1", "balanced_accuracy", "trivial_f1", "oracle_f1", "near_trivial", "note")
     body = [tuple(r.get(c) if c in r else None for c in columns) for r in rows]
     return Table(columns, body, caption=caption, empty="none in this run")
 
