@@ -23,6 +23,7 @@ AUROC of a split without normal windows) is null too.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -158,7 +159,7 @@ def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> t
 def undefined_without_attacks(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` with every undefined score (NaN) set to None; when its split has no attack window,
     the attack-class scores set to None too and a note saying so."""
-    row = {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
+    row = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
     if row["graphs"] == 0 or row["attacks"] > 0:
         return row
     return {**row, **{k: None for k in UNDEFINED_WITHOUT_ATTACKS if k in row}, "note": NO_ATTACKS}
