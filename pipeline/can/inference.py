@@ -144,3 +144,12 @@ def _to_cpu(out: Any) -> Any:
     if isinstance(out, dict):
         return {k: v.detach().float().cpu() for k, v in out.items()}
     return out.detach().float().cpu()
+
+
+def inference_node_cap(upstream: dict[str, dict[str, Any]]) -> int | None:
+    """The smallest node cap an upstream training stage planned for its batches. A forward pass
+    without gradients needs less memory than the training step that cap was sized for, so batches
+    under it fit wherever those stages trained; None when no stage recorded a plan."""
+    plans = [(record or {}).get("batch_plan") for record in upstream.values()]
+    caps = [int(plan["max_nodes"]) for plan in plans if isinstance(plan, dict) and plan.get("max_nodes")]
+    return min(caps) if caps else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -18,6 +19,32 @@ from pipeline import io
 
 SCORES_DIR = "scores"
 CLASSIFIER, DETECTOR = "classifier", "detector"
+CLASSIFIER_STAGES = ("teacher", "student", "curriculum")
+"""Upstream stages whose done record names a ``best_checkpoint`` of a graph classifier (or, with
+several models, a ``classifiers`` mapping of name -> checkpoint)."""
+DETECTOR_STAGES = ("autoencoder", "student")
+"""Upstream stages whose done record may hold ``anomaly_detectors``: name -> {checkpoint, threshold}."""
+
+
+def models_to_score(upstream: dict[str, dict[str, Any]], stages: Iterable[str] = CLASSIFIER_STAGES) -> dict[str, str]:
+    """Model name -> best checkpoint, for every classifier stage of ``stages`` this run has finished."""
+    models: dict[str, str] = {}
+    for stage in (s for s in CLASSIFIER_STAGES if s in stages):
+        record = upstream.get(stage) or {}
+        if record.get("classifiers"):
+            models.update(record["classifiers"])
+        elif record.get("best_checkpoint"):
+            models[stage] = record["best_checkpoint"]
+    return models
+
+
+def detectors_to_score(upstream: dict[str, dict[str, Any]], stages: Iterable[str] = DETECTOR_STAGES
+                       ) -> dict[str, dict[str, Any]]:
+    """Detector name -> {checkpoint, threshold, ...}, for every finished stage of ``stages`` that trained one."""
+    detectors: dict[str, dict[str, Any]] = {}
+    for stage in (s for s in DETECTOR_STAGES if s in stages):
+        detectors.update((upstream.get(stage) or {}).get("anomaly_detectors") or {})
+    return detectors
 
 
 @dataclass(frozen=True)

@@ -34,17 +34,12 @@ from torch import nn
 from pipeline import io
 from pipeline.can.data.cache import GraphSplit
 from pipeline.can.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, validation_loader
-from pipeline.can.inference import cpu_latency_ms_per_1k
+from pipeline.can.inference import cpu_latency_ms_per_1k, inference_node_cap
 from pipeline.can.metrics import UNDEFINED_WITHOUT_ATTACKS, anomaly_scores, split_metrics
 from pipeline.can.metrics_table import detector_table, markdown_table
-from pipeline.can.scores import CLASSIFIER, DETECTOR, ModelScores, write_scores
+from pipeline.can.scores import CLASSIFIER, DETECTOR, ModelScores, detectors_to_score, models_to_score, write_scores
 from pipeline.train import load_model, predict
 
-CLASSIFIER_STAGES = ("teacher", "student", "curriculum")
-"""Upstream stages whose done record names a ``best_checkpoint`` of a graph classifier (or, with
-several models, a ``classifiers`` mapping of name -> checkpoint)."""
-DETECTOR_STAGES = ("autoencoder", "student")
-"""Upstream stages whose done record may hold ``anomaly_detectors``: name -> {checkpoint, threshold}."""
 COST_COLUMNS = ("params", "cpu_ms_per_1k")
 NO_ATTACKS = "no attack windows: F1 undefined"
 
@@ -101,35 +96,6 @@ def run(ctx) -> dict[str, Any]:
         "near_trivial": [f"{r['model']}/{r['split']}" for r in rows + detector_rows if r["near_trivial"]],
         "models": {r["model"]: {k: r[k] for k in COST_COLUMNS} for r in rows + detector_rows},
     }
-
-
-def models_to_score(upstream: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Model name -> best checkpoint, for every classifier stage this run has finished."""
-    models: dict[str, str] = {}
-    for stage in CLASSIFIER_STAGES:
-        record = upstream.get(stage) or {}
-        if record.get("classifiers"):
-            models.update(record["classifiers"])
-        elif record.get("best_checkpoint"):
-            models[stage] = record["best_checkpoint"]
-    return models
-
-
-def detectors_to_score(upstream: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Detector name -> {checkpoint, threshold, ...}, for every finished stage that trained one."""
-    detectors: dict[str, dict[str, Any]] = {}
-    for stage in DETECTOR_STAGES:
-        detectors.update((upstream.get(stage) or {}).get("anomaly_detectors") or {})
-    return detectors
-
-
-def inference_node_cap(upstream: dict[str, dict[str, Any]]) -> int | None:
-    """The smallest node cap an upstream training stage planned for its batches. A forward pass
-    without gradients needs less memory than the training step that cap was sized for, so batches
-    under it fit wherever those stages trained; None when no stage recorded a plan."""
-    plans = [(record or {}).get("batch_plan") for record in upstream.values()]
-    caps = [int(plan["max_nodes"]) for plan in plans if isinstance(plan, dict) and plan.get("max_nodes")]
-    return min(caps) if caps else None
 
 
 Scored = tuple[np.ndarray, np.ndarray]
