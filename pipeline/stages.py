@@ -75,10 +75,12 @@ def _can() -> Workload:
                   ("student_model", "vgae_student", "distill", *TRAINING_RUNTIME), trains=True),
         StageSpec("curriculum", stage("curriculum"), ("preprocess", "autoencoder", "teacher"),
                   ("student_model", "distill", "curriculum", *TRAINING_RUNTIME), trains=True),
+        StageSpec("fusion", stage("fusion"), ("preprocess", "teacher", "autoencoder", "student"),
+                  ("fusion", "device", "train")),
         StageSpec("export", stage("export"), ("preprocess", "autoencoder", "teacher", "student"),
                   ("device", "train")),
-        StageSpec("evaluate", stage("evaluate"), ("preprocess", "autoencoder", "teacher", "student", "curriculum"),
-                  ("device", "train")),
+        StageSpec("evaluate", stage("evaluate"),
+                  ("preprocess", "autoencoder", "teacher", "student", "curriculum", "fusion"), ("device", "train")),
     ), report="pipeline.can.plots:REPORT")
 
 
@@ -95,8 +97,8 @@ def _kg() -> Workload:
 
 
 WORKLOADS: dict[str, Workload] = {w.task: w for w in (_can(), _kg())}
-STAGE_ORDER: tuple[str, ...] = ("preprocess", "autoencoder", "teacher", "student", "curriculum", "export",
-                                "evaluate")
+STAGE_ORDER: tuple[str, ...] = ("preprocess", "autoencoder", "teacher", "student", "curriculum", "fusion",
+                                "export", "evaluate")
 """Every stage name of every workload, upstream first (each workload's chain is a subsequence)."""
 
 

@@ -13,7 +13,7 @@ from pipeline.runs import RunDir, stage_fingerprint
 from pipeline.stages import WORKLOADS
 from tests.launch_helpers import table_lines
 
-CAN_CHAIN = ["preprocess", "autoencoder", "teacher", "student", "curriculum", "evaluate", "export"]
+CAN_CHAIN = ["preprocess", "autoencoder", "teacher", "student", "curriculum", "fusion", "evaluate", "export"]
 TINY_CAN = ["model.hidden=8", "model.heads=2", "model.layers=2", "model.id_embed_dim=8", "model.mlp_hidden=16",
             "vgae.hidden=8", "vgae.heads=2", "vgae.latent_dim=8", "vgae.id_embed_dim=8",
             "train.epochs=1", "train.batch_size=32", "train.threads=1", "distill.train_baseline=false"]
@@ -32,10 +32,11 @@ def _changed(task_profile: str, overrides: list[str], base: list[str] | None = N
     ("vgae_student.latent_dim=4", {"student"}),
     ("distill.alpha=0.5", {"student", "curriculum"}),
     ("curriculum.pacing=linear", {"curriculum"}),
+    ("fusion.method=isotonic", {"fusion"}),
     ("vgae.latent_dim=8", {"autoencoder"}),
     ("model.hidden=24", {"teacher"}),
     ("data.window=50", {"preprocess"}),
-    ("train.epochs=7", {"autoencoder", "teacher", "student", "curriculum", "evaluate", "export"}),
+    ("train.epochs=7", {"autoencoder", "teacher", "student", "curriculum", "fusion", "evaluate", "export"}),
     ("resources.teacher.mem_gb=64", set()),
     ("data.cache_dir=/elsewhere", set()),
     ("executor=slurm", set()),
@@ -80,7 +81,7 @@ def test_resume_after_a_student_override_reruns_only_what_reads_the_student(tmp_
 
     assert main(["resume", "--run", str(run.path), "-O", "student_model.hidden=4"]) == 0
     resumed = [r["stage"] for r in run.read_jobs()["history"] if r["action"] == "resume"]
-    assert resumed == ["student", "curriculum", "export", "evaluate"]
+    assert resumed == ["student", "curriculum", "fusion", "export", "evaluate"]
     for stage in ("preprocess", "autoencoder", "teacher"):
         assert run.read_status(stage)["started"] == started[stage]   # never rerun
     for stage in resumed:

@@ -152,6 +152,26 @@ class CurriculumConfig(Section):
         return self
 
 
+class FusionConfig(Section):
+    """One calibrated detector stacked on the upstream models' per-window scores (stage ``fusion``),
+    fitted on validation windows only."""
+
+    method: Literal["logistic", "isotonic"] = "logistic"
+    """logistic: logistic regression on the standardised scores; isotonic: the same regression's
+    decision value mapped through an isotonic fit to out-of-fold validation labels."""
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0], min_length=1)
+    """Inverse L2 strengths tried; the one with the lowest cross-validated log loss on validation is kept."""
+    cv_folds: int = Field(5, ge=2)
+    """Stratified folds over the validation windows that choose C (fewer when a class has fewer windows)."""
+
+    @field_validator("c_grid")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(not c > 0 for c in value):
+            raise ValueError(f"every C must be > 0, got {value}")
+        return sorted(set(value))
+
+
 class CanProfile(Profile):
     """A profile of task: can."""
 
@@ -167,6 +187,8 @@ class CanProfile(Profile):
     """The small VGAE distilled from it (stage student)."""
     distill: CanDistillConfig = Field(default_factory=CanDistillConfig)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    """The stacked detector over the teacher, autoencoder and student outputs (stage fusion)."""
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "CanProfile":

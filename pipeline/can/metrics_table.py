@@ -15,6 +15,8 @@ LEGEND = (f"{NEAR_TRIVIAL}: F1 within {NEAR_TRIVIAL_MARGIN} of the trivial F1, t
           "an attack (2p/(1+p) at prevalence p). Oracle F1: the best F1 any threshold reaches on the split's "
           "own labels, an upper bound that shows the calibration gap, never used to choose anything.")
 DETECTOR_HEADING = "## Anomaly detectors (VGAE reconstruction error; F1 at the threshold chosen on val)"
+FUSION_HEADING = ("## Fusion (stacked teacher, autoencoder and student scores, fitted on val; "
+                  "F1 at the threshold chosen on val)")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -39,6 +41,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def detector_table(rows: list[dict[str, Any]]) -> str:
     """The anomaly detectors' section: AUROC of the reconstruction error, scores at the threshold."""
     return f"\n{DETECTOR_HEADING}\n\n" + markdown_table(rows)
+
+
+def fusion_table(rows: list[dict[str, Any]]) -> str:
+    """The fusion stage's section: its fused probability of attack, scored at its validation threshold."""
+    return f"\n{FUSION_HEADING}\n\n" + markdown_table(rows)
 
 
 def _score(value: float | None) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.can.scores import DETECTOR, ModelScores, read_scores
+from pipeline.can.scores import DETECTOR, FUSION, ModelScores, read_scores
 from pipeline.report.figures import new_figure, save_png
 from pipeline.report.html import Image, Note, Section, Table
 from pipeline.report.records import RunRecords
@@ -41,7 +41,7 @@ def evaluation(records: RunRecords) -> dict[str, Any] | None:
 
 
 def all_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(data.get("rows", [])) + list(data.get("detector_rows", []))
+    return list(data.get("rows", [])) + list(data.get("detector_rows", [])) + list(data.get("fusion_rows", []))
 
 
 def final_metrics(records: RunRecords) -> dict[str, Metrics]:
@@ -65,6 +65,7 @@ def headline(records: RunRecords) -> Metrics:
         return {}
     out: Metrics = {f"{r['model']}/{r['split']}/f1": r.get("f1") for r in data.get("rows", [])}
     out.update({f"{r['model']}/{r['split']}/auroc": r.get("auroc") for r in data.get("detector_rows", [])})
+    out.update({f"{r['model']}/{r['split']}/f1": r.get("f1") for r in data.get("fusion_rows", [])})
     return out
 
 
@@ -77,6 +78,8 @@ def sections(records: RunRecords) -> list[Section]:
     blocks: list = [metrics_table(data.get("rows", []), "classifiers (argmax of the logits)"),
                     metrics_table(data.get("detector_rows", []), "anomaly detectors (VGAE reconstruction error; "
                                                                  "threshold chosen on val)")]
+    if data.get("fusion_rows"):
+        blocks.append(metrics_table(data["fusion_rows"], "fusion (stacked scores fitted on val; threshold chosen on val)"))
     if not scores:
         blocks.append(Note("no per-window scores in evaluate/scores/ (a run evaluated before they were kept): "
                            "no ROC, precision-recall curves or histograms"))
@@ -194,7 +197,8 @@ def _both_classes(label: np.ndarray) -> bool:
 
 
 def _hist_caption(scores: ModelScores) -> str:
-    what = "reconstruction error" if scores.kind == DETECTOR else "softmax probability of attack"
+    what = {DETECTOR: "reconstruction error", FUSION: "fused probability of attack"}.get(
+        scores.kind, "softmax probability of attack")
     return f"{scores.model} ({scores.kind}): {what}, density per class, threshold {scores.threshold:.4g}"
 
 

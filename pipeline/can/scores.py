@@ -2,9 +2,9 @@
 
 ``evaluate/scores/<model>.npz`` holds, for each split it scored, ``score.<split>`` (float32: a
 classifier's softmax probability of attack, a detector's reconstruction error) and
-``label.<split>`` (int8, 1 = attack), plus ``kind`` (``classifier`` or ``detector``) and
-``threshold`` (0.5 for a classifier, whose argmax is that probability against 0.5; the
-validation-chosen threshold for a detector). A few bytes per window: the report draws ROC and
+``label.<split>`` (int8, 1 = attack), plus ``kind`` (``classifier``, ``detector`` or ``fusion``,
+whose score is the fused probability of attack) and ``threshold`` (0.5 for a classifier, whose
+argmax is that probability against 0.5; the validation-chosen threshold for a detector and the fusion). A few bytes per window: the report draws ROC and
 precision-recall curves and histograms from them without running a model again.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from pipeline import io
 
 SCORES_DIR = "scores"
-CLASSIFIER, DETECTOR = "classifier", "detector"
+CLASSIFIER, DETECTOR, FUSION = "classifier", "detector", "fusion"
 CLASSIFIER_STAGES = ("teacher", "student", "curriculum")
 """Upstream stages whose done record names a ``best_checkpoint`` of a graph classifier (or, with
 several models, a ``classifiers`` mapping of name -> checkpoint)."""

@@ -13,6 +13,9 @@ own labels, never used to choose anything); ``metrics.md`` marks a row whose F1 
 that trivial F1 (``pipeline.can.metrics_table``). Each model also gets its parameter count and its
 CPU inference latency per 1,000 graphs, so accuracy is read next to what it costs. Every model's
 per-window scores are kept in ``scores/<model>.npz`` (``pipeline.can.scores``), for the report's curves.
+When the chain fitted a fusion (stage ``fusion``), its model is applied to the scores of its inputs
+computed here and scored like a detector at its validation threshold: the ``fusion_rows`` of
+``metrics.json`` and their own table in ``metrics.md``.
 
 A split without attack windows (a scenario whose attacks remove messages, so no message is
 labelled) has no positives: recall and F1 are 0/0 there and precision can only count false alarms.
@@ -36,8 +39,17 @@ from pipeline.can.data.cache import GraphSplit
 from pipeline.can.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, validation_loader
 from pipeline.can.inference import cpu_latency_ms_per_1k, inference_node_cap
 from pipeline.can.metrics import UNDEFINED_WITHOUT_ATTACKS, anomaly_scores, split_metrics
-from pipeline.can.metrics_table import detector_table, markdown_table
-from pipeline.can.scores import CLASSIFIER, DETECTOR, ModelScores, detectors_to_score, models_to_score, write_scores
+from pipeline.can.fusion import FusionModel
+from pipeline.can.metrics_table import detector_table, fusion_table, markdown_table
+from pipeline.can.scores import (
+    CLASSIFIER,
+    DETECTOR,
+    FUSION,
+    ModelScores,
+    detectors_to_score,
+    models_to_score,
+    write_scores,
+)
 from pipeline.train import load_model, predict
 
 COST_COLUMNS = ("params", "cpu_ms_per_1k")
@@ -57,7 +69,7 @@ def run(ctx) -> dict[str, Any]:
     def loader(split: GraphSplit) -> GraphLoader:
         return validation_loader(split, ctx.profile.train.batch_size, node_cap)
 
-    rows = []
+    rows, all_scored = [], {}
     for name, checkpoint in models_to_score(ctx.upstream).items():
         model = load_model(checkpoint, ctx.device)
         cost = model_cost(checkpoint, splits["val"], batch_size, _classify)
@@ -71,6 +83,7 @@ def run(ctx) -> dict[str, Any]:
                          _score_text(row, "balanced_accuracy"))
             rows.append(row)
         write_scores(ctx.dir, ModelScores(name, CLASSIFIER, 0.5, scored))
+        all_scored[name] = scored
     detector_rows = []
     for name, detector in detectors_to_score(ctx.upstream).items():
         model = load_model(detector["checkpoint"], ctx.device)
@@ -83,17 +96,20 @@ def run(ctx) -> dict[str, Any]:
                          _score_text(row, "f1"), detector["threshold"])
             detector_rows.append(row)
         write_scores(ctx.dir, ModelScores(name, DETECTOR, float(detector["threshold"]), scored))
-    io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows,
+        all_scored[name] = scored
+    fusion_rows = evaluate_fusion(ctx, all_scored, list(splits))
+    io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows, "fusion_rows": fusion_rows,
                                              "scenarios": manifest["scenarios"]})
     table = ctx.dir / "metrics.md"
-    io.write_text(table, markdown_table(rows) + (detector_table(detector_rows) if detector_rows else ""))
+    io.write_text(table, markdown_table(rows) + (detector_table(detector_rows) if detector_rows else "")
+                  + (fusion_table(fusion_rows) if fusion_rows else ""))
     ctx.log.info("metrics table:\n%s", table.read_text())
     return {
         "metrics_table": str(table),
         "scenarios": {r["split"]: r["f1"] for r in rows if r["model"] == "teacher" and r["split"] != "val"},
         "f1": _by_model(rows, "f1"),
-        "auroc": _by_model(detector_rows, "auroc"),
-        "near_trivial": [f"{r['model']}/{r['split']}" for r in rows + detector_rows if r["near_trivial"]],
+        "auroc": _by_model(detector_rows + fusion_rows, "auroc"),
+        "near_trivial": [f"{r['model']}/{r['split']}" for r in rows + detector_rows + fusion_rows if r["near_trivial"]],
         "models": {r["model"]: {k: r[k] for k in COST_COLUMNS} for r in rows + detector_rows},
     }
 
@@ -117,9 +133,35 @@ def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> t
     """Scores of the reconstruction error on ``loader``'s split (ranking scores from the error, the
     rest at ``threshold``); and each window's reconstruction error with its label."""
     scores, y = anomaly_scores(model, loader)
-    row = undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
-                                     **split_metrics(y, scores, (scores >= threshold).long())})
-    return row, (scores.numpy(), y.numpy())
+    return thresholded_row(y.numpy(), scores.numpy(), threshold), (scores.numpy(), y.numpy())
+
+
+def thresholded_row(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Ranking scores from ``scores``, the rest with a window called an attack at ``threshold`` or above."""
+    return undefined_without_attacks({"graphs": int(y.size), "attacks": int(y.sum()),
+                                      **split_metrics(y, scores, (scores >= threshold).astype(np.int64))})
+
+
+def evaluate_fusion(ctx, scored: dict[str, dict[str, Scored]], splits: list[str]) -> list[dict[str, Any]]:
+    """The fusion stage's model on every split, from the scores of its inputs evaluate has just computed
+    (at the threshold chosen on val); no rows when the chain has no fitted fusion."""
+    record = ctx.upstream.get("fusion") or {}
+    if record.get("skipped"):
+        ctx.log.warning("fusion: no rows, it was not fitted (%s)", record["skipped"])
+    if not record.get("model"):
+        return []
+    model = FusionModel.load(Path(record["model"]))
+    rows, fused = [], {}
+    for split in splits:
+        y = scored[next(iter(model.inputs))][split][1]
+        fused[split] = (model.probability({name: scored[name][split][0] for name in model.inputs}), y)
+        row = {"model": FUSION, "split": split, "threshold": model.threshold, "method": model.method,
+               **thresholded_row(y, fused[split][0], model.threshold)}
+        ctx.log.info("fusion on %s: AUROC %s, f1 %s at threshold %.4g", split, _score_text(row, "auroc"),
+                     _score_text(row, "f1"), model.threshold)
+        rows.append(row)
+    write_scores(ctx.dir, ModelScores(FUSION, FUSION, model.threshold, fused))
+    return rows
 
 
 def undefined_without_attacks(row: dict[str, Any]) -> dict[str, Any]:
