@@ -80,7 +80,8 @@ def _can() -> Workload:
         StageSpec("export", stage("export"), ("preprocess", "autoencoder", "teacher", "student"),
                   ("device", "train")),
         StageSpec("evaluate", stage("evaluate"),
-                  ("preprocess", "autoencoder", "teacher", "student", "curriculum", "fusion"), ("device", "train")),
+                  ("preprocess", "autoencoder", "teacher", "student", "curriculum", "fusion"),
+                  ("device", "train", "evaluate")),
     ), report="pipeline.can.plots:REPORT")
 
 

@@ -172,6 +172,18 @@ class FusionConfig(Section):
         return sorted(set(value))
 
 
+class EvaluateConfig(Section):
+    """What the evaluate stage scores besides the models as trained."""
+
+    score_normalisation: Literal["none", "median_mad", "warmup"] = "none"
+    """Also score every anomaly detector with its scores standardised per capture (``pipeline.can.normalise``):
+    median_mad against the capture's own median and MAD, warmup against those of its first
+    ``warmup_windows`` windows (taken as benign). Reads no label, but is transductive; none adds no rows."""
+    warmup_windows: int = Field(50, ge=2)
+    """Windows at the start of each capture whose scores are the reference of the warmup normalisation
+    (the cache keeps each window's start row, not its time)."""
+
+
 class CanProfile(Profile):
     """A profile of task: can."""
 
@@ -189,6 +201,8 @@ class CanProfile(Profile):
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     """The stacked detector over the teacher, autoencoder and student outputs (stage fusion)."""
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    """Extra scoring of the evaluate stage (per-capture score normalisation)."""
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "CanProfile":

@@ -18,6 +18,9 @@ DETECTOR_HEADING = "## Anomaly detectors (VGAE reconstruction error; F1 at the t
 FUSION_HEADING = ("## Fusion (stacked teacher, autoencoder and student scores, fitted on val; "
                   "F1 at the threshold chosen on val)")
 
+NORMALISED_NOTE = ("+norm rows: scores normalised per capture against its own score distribution: transductive, "
+                   "reads no label (threshold chosen on normalised val).")
+
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One row per (model, split): size, scores, a mark on near-trivial rows, the confusion matrix as
@@ -40,7 +43,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def detector_table(rows: list[dict[str, Any]]) -> str:
     """The anomaly detectors' section: AUROC of the reconstruction error, scores at the threshold."""
-    return f"\n{DETECTOR_HEADING}\n\n" + markdown_table(rows)
+    note = f"\n{NORMALISED_NOTE}\n" if any(r.get("normalisation") for r in rows) else ""
+    return f"\n{DETECTOR_HEADING}\n\n" + markdown_table(rows) + note
 
 
 def fusion_table(rows: list[dict[str, Any]]) -> str:

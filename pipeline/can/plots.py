@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.can.metrics_table import NORMALISED_NOTE
 from pipeline.can.scores import DETECTOR, FUSION, ModelScores, read_scores
 from pipeline.report.figures import new_figure, save_png
 from pipeline.report.html import Image, Note, Section, Table
@@ -78,6 +79,8 @@ def sections(records: RunRecords) -> list[Section]:
     blocks: list = [metrics_table(data.get("rows", []), "classifiers (argmax of the logits)"),
                     metrics_table(data.get("detector_rows", []), "anomaly detectors (VGAE reconstruction error; "
                                                                  "threshold chosen on val)")]
+    if any(r.get("normalisation") for r in data.get("detector_rows", [])):
+        blocks.append(Note(NORMALISED_NOTE))
     if data.get("fusion_rows"):
         blocks.append(metrics_table(data["fusion_rows"], "fusion (stacked scores fitted on val; threshold chosen on val)"))
     if not scores:

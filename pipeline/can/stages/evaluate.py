@@ -23,6 +23,13 @@ Its row says "no attack windows: F1 undefined" and holds null for them (and for 
 of the attack class: AUROC, AP, MCC, trivial and oracle F1), never a 0 that reads like a failed
 detector; accuracy and the false-positive count still describe it. Any other undefined score (the
 AUROC of a split without normal windows) is null too.
+
+With ``evaluate.score_normalisation`` on (``median_mad`` or ``warmup``), every detector is scored a second
+time, as ``<model>+norm``, on its scores standardised per capture (a window's source file, recorded in
+the cache; ``pipeline.can.normalise``) against that capture's own scores or its first windows; val is
+normalised against itself and the threshold is chosen again on it, as the autoencoder stage chooses it.
+The normalisation reads no label but is transductive; its rows sit under the detector's own, and the
+note in ``metrics.md`` says so. They get no ``scores/`` file.
 """
 from __future__ import annotations
 
@@ -37,9 +44,11 @@ from torch import nn
 from pipeline import io
 from pipeline.can.data.cache import GraphSplit
 from pipeline.can.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, validation_loader
+from pipeline.can.detector import choose_threshold
 from pipeline.can.inference import cpu_latency_ms_per_1k, inference_node_cap
 from pipeline.can.metrics import UNDEFINED_WITHOUT_ATTACKS, anomaly_scores, split_metrics
 from pipeline.can.fusion import FusionModel
+from pipeline.can.normalise import normalise_scores, warmup_windows
 from pipeline.can.metrics_table import detector_table, fusion_table, markdown_table
 from pipeline.can.scores import (
     CLASSIFIER,
@@ -54,6 +63,8 @@ from pipeline.train import load_model, predict
 
 COST_COLUMNS = ("params", "cpu_ms_per_1k")
 NO_ATTACKS = "no attack windows: F1 undefined"
+NORMALISED = "+norm"
+"""Suffix of a detector's rows on its per-capture normalised scores."""
 
 
 def run(ctx) -> dict[str, Any]:
@@ -84,6 +95,8 @@ def run(ctx) -> dict[str, Any]:
             rows.append(row)
         write_scores(ctx.dir, ModelScores(name, CLASSIFIER, 0.5, scored))
         all_scored[name] = scored
+    normalisation = ctx.profile.evaluate.score_normalisation
+    windows = {name: (split.t["source"].numpy(), split.t["start_row"].numpy()) for name, split in splits.items()}
     detector_rows = []
     for name, detector in detectors_to_score(ctx.upstream).items():
         model = load_model(detector["checkpoint"], ctx.device)
@@ -97,6 +110,12 @@ def run(ctx) -> dict[str, Any]:
             detector_rows.append(row)
         write_scores(ctx.dir, ModelScores(name, DETECTOR, float(detector["threshold"]), scored))
         all_scored[name] = scored
+        if normalisation != "none":
+            normalised = normalised_rows(name, scored, windows, normalisation, ctx.profile.evaluate.warmup_windows)
+            for row in normalised:
+                ctx.log.info("%s on %s: AUROC %s, f1 %s at threshold %.4g", row["model"], row["split"],
+                             _score_text(row, "auroc"), _score_text(row, "f1"), row["threshold"])
+            detector_rows += [{**row, **cost} for row in normalised]
     fusion_rows = evaluate_fusion(ctx, all_scored, list(splits))
     io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows, "fusion_rows": fusion_rows,
                                              "scenarios": manifest["scenarios"]})
@@ -110,7 +129,8 @@ def run(ctx) -> dict[str, Any]:
         "f1": _by_model(rows, "f1"),
         "auroc": _by_model(detector_rows + fusion_rows, "auroc"),
         "near_trivial": [f"{r['model']}/{r['split']}" for r in rows + detector_rows + fusion_rows if r["near_trivial"]],
-        "models": {r["model"]: {k: r[k] for k in COST_COLUMNS} for r in rows + detector_rows},
+        "models": {r["model"]: {k: r[k] for k in COST_COLUMNS} for r in rows + detector_rows
+                   if not r.get("normalisation")},
     }
 
 
@@ -140,6 +160,33 @@ def thresholded_row(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict
     """Ranking scores from ``scores``, the rest with a window called an attack at ``threshold`` or above."""
     return undefined_without_attacks({"graphs": int(y.size), "attacks": int(y.sum()),
                                       **split_metrics(y, scores, (scores >= threshold).astype(np.int64))})
+
+
+Windows = tuple[np.ndarray, np.ndarray]
+"""(source file, start row) of each window of one split, in the split's order."""
+
+
+def normalise_split_scores(scored: dict[str, Scored], windows: dict[str, Windows], method: str,
+                           warmup: int) -> dict[str, Scored]:
+    """Each split's scores normalised per capture (``pipeline.can.normalise``), labels passed through
+    untouched: only the scores and the windows' source and start row reach the normalisation."""
+    out = {}
+    for split, (scores, y) in scored.items():
+        source, start = windows[split]
+        mask = warmup_windows(source, start, warmup) if method == "warmup" else None
+        out[split] = (normalise_scores(scores, source, method, mask), y)
+    return out
+
+
+def normalised_rows(name: str, scored: dict[str, Scored], windows: dict[str, Windows], method: str,
+                    warmup: int) -> list[dict[str, Any]]:
+    """Rows of detector ``name`` on its per-capture normalised scores (``<name>+norm``), at the
+    threshold chosen on normalised val as the autoencoder stage chooses it on raw val."""
+    normed = normalise_split_scores(scored, windows, method, warmup)
+    val_scores, val_y = normed["val"]
+    threshold = choose_threshold(torch.from_numpy(np.asarray(val_y)), torch.from_numpy(val_scores))["threshold"]
+    return [{"model": name + NORMALISED, "split": split, "threshold": threshold, "normalisation": method,
+             **thresholded_row(y, scores, threshold)} for split, (scores, y) in normed.items()]
 
 
 def evaluate_fusion(ctx, scored: dict[str, dict[str, Scored]], splits: list[str]) -> list[dict[str, Any]]:
