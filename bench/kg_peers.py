@@ -268,11 +268,18 @@ def rows(state: dict[str, Any]) -> list[dict[str, Any]]:
         peers = [state[f"{graph_name}/peer/{p}"] for p in PEERS]
         for r in peers:
             out.append(_row(f"{graph_name}: {r['peer']} (dim {r['dim']}, lr {r['lr']}, chosen on val)", r))
-        best_ours = max(ours.values(), key=lambda r: r["val_mrr"])
         best = max(peers, key=lambda r: r["val_mrr"])
-        out.append({"metric": f"{graph_name}: best of ours (on val) minus best peer (on val), test filtered MRR",
-                    "value": round(best_ours["test"]["mrr"] - best["test"]["mrr"], 4), "target": ">= 0",
-                    "ok": best_ours["test"]["mrr"] >= best["test"]["mrr"]})
+        pools = {"ours": ours}
+        label_free = {k: v for k, v in ours.items() if k.startswith("label-free")}
+        if label_free != ours:   # the like-for-like comparison: peers read no labels
+            pools["our label-free models"] = label_free
+        for which, pool in pools.items():
+            declared = max(pool.values(), key=lambda r: r["val_mrr"])
+            for average, key in (("averaged over relations", "mrr"), ("averaged over edges", "mrr_over_edges")):
+                gap = declared["test"][key] - best["test"][key]
+                out.append({"metric": f"{graph_name}: best of {which} (on val) minus best peer (on val), "
+                                      f"test filtered MRR {average}",
+                            "value": round(gap, 4), "target": ">= 0", "ok": gap >= 0})
     return out
 
 
