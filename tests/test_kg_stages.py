@@ -121,3 +121,21 @@ def test_kg_stages_fix_the_hosts_mmap_threshold(tmp_path, monkeypatch):
     run = RunDir.create(profile, root=tmp_path, run_id="r")
     run_stage(run.path, "preprocess")
     assert calls == [True]
+
+
+@pytest.mark.parametrize("select_on", ["auc", "mrr"])
+def test_the_best_epoch_is_the_one_kg_select_on_names(tmp_path, select_on):
+    profile = load_profile("primekg", [*TINY, "train.epochs=4", "train.patience=10", f"kg.select_on={select_on}",
+                                       f"data.cache_dir={tmp_path / 'cache'}"])
+    run = RunDir.create(profile, root=tmp_path, run_id="r")
+    run_stage(run.path, "preprocess")
+    result = run_stage(run.path, "teacher")
+    epochs = [json.loads(line) for line in (run.path / "teacher" / "metrics.jsonl").read_text().splitlines()]
+    values = [e["val"][select_on] for e in epochs]
+    assert len(set(values)) > 1   # otherwise any epoch would do
+    assert values[result["best_epoch"] - 1] == max(values) == result["best_val"][select_on]
+
+
+def test_kg_select_on_takes_only_the_metrics_validation_computes():
+    with pytest.raises(Exception, match="select_on"):
+        load_profile("primekg", ["kg.select_on=hits"])

@@ -88,6 +88,9 @@ class KGConfig(Section):
     """Validation edges per edge type scored after each epoch."""
     eval_negatives: int = Field(100, ge=1)
     """Corrupted tails each held-out edge is ranked against (sampled, unfiltered MRR; AUC pools them)."""
+    select_on: Literal["auc", "mrr"] = "auc"
+    """Validation metric that picks the best epoch and drives early stopping: the mean over edge types
+    of the sampled AUC or of the sampled MRR."""
     filtered_candidates: int = Field(500, ge=1)
     """Candidates per query of the filtered ranks when a full ranking does not fit the budget (OGB's K)."""
     export_edges: Literal["all", "train"] = "all"

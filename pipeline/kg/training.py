@@ -28,8 +28,12 @@ from pipeline.kg.report import label_split, read_labels
 from pipeline.kg.sampler import LinkBatchLoader, LinkEvalLoader
 from pipeline.train import Selection, Trainer, count_parameters
 
-SELECTION = Selection("auc", "max", tie_metric="loss", tie_mode="min", profile_key="kg.val_fraction")
 VAL_BATCH_EDGES = 256
+
+
+def selection(kg) -> Selection:
+    """The epoch selection ``kg.select_on`` names; exact ties go to the lower validation loss."""
+    return Selection(kg.select_on, "max", tie_metric="loss", tie_mode="min", profile_key="kg.val_fraction")
 
 
 def build_encoder(net: KGNetConfig, graph: KGGraph, align_dim: int | None = None, num_classes: int = 0,
@@ -138,7 +142,7 @@ def fit_encoder(ctx, graph: KGGraph, model: KGEncoder, loss_fn, teacher: torch.n
                  type(model).__name__, count_parameters(model), device, describe_plan(graph, plan), len(loader),
                  len(val))
     trainer = Trainer(model, loss_fn, loader, val, validate_links, cfg, ctx.dir, ctx.log, device=device,
-                      selection=SELECTION, resume_key=ctx.fingerprint,
+                      selection=selection(kg), resume_key=ctx.fingerprint,
                       memory_plan=budget.planned(plan.predicted_bytes),
                       find_unused_parameters=True)  # a batch need not hold every node and edge type
     result = trainer.fit()
