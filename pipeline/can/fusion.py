@@ -35,7 +35,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from pipeline import io
 from pipeline.can.config import FusionConfig
 from pipeline.can.detector import choose_threshold
-from pipeline.can.metrics import anomaly_scores
+from pipeline.can.metrics import anomaly_scores, probability_of_attack
 from pipeline.can.scores import (
     CLASSIFIER,
     DETECTOR,
@@ -73,7 +73,7 @@ def fusion_inputs(upstream: dict[str, dict[str, Any]]) -> list[FusionInput]:
 def attack_probability(model: torch.nn.Module, loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
     """Each window's softmax probability of attack (as evaluate reports it) and its label."""
     logits, y = predict(model, loader)
-    return torch.softmax(logits.float(), dim=-1)[:, 1].numpy(), y.numpy()
+    return probability_of_attack(logits).numpy(), y.numpy()
 
 
 def score_inputs(inputs: list[FusionInput], loader: Iterable, device) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -52,6 +52,11 @@ def anomaly_scores(model: nn.Module, loader: Iterable, device: torch.device | No
     return torch.cat(scores), torch.cat(labels)
 
 
+def probability_of_attack(logits: torch.Tensor) -> torch.Tensor:
+    """Each window's softmax probability of the attack class (class 1), from a classifier's logits."""
+    return torch.softmax(logits.float(), dim=-1)[:, 1]
+
+
 def auroc(y: torch.Tensor, scores: torch.Tensor) -> float:
     """Area under the ROC curve with attack = positive; NaN when a class is missing."""
     t = _array(y)

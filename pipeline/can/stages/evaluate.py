@@ -46,10 +46,10 @@ from pipeline.can.data.cache import GraphSplit
 from pipeline.can.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, validation_loader
 from pipeline.can.detector import choose_threshold
 from pipeline.can.inference import cpu_latency_ms_per_1k, inference_node_cap
-from pipeline.can.metrics import UNDEFINED_WITHOUT_ATTACKS, anomaly_scores, split_metrics
 from pipeline.can.fusion import FusionModel
-from pipeline.can.normalise import normalise_scores, warmup_windows
+from pipeline.can.metrics import UNDEFINED_WITHOUT_ATTACKS, anomaly_scores, probability_of_attack, split_metrics
 from pipeline.can.metrics_table import detector_table, fusion_table, markdown_table
+from pipeline.can.normalise import normalise_scores, warmup_windows
 from pipeline.can.scores import (
     CLASSIFIER,
     DETECTOR,
@@ -143,7 +143,7 @@ def evaluate_model(model: nn.Module, loader: Iterable) -> tuple[dict[str, Any], 
     of attack, the rest at its argmax), plus its size and attack count; and each window's
     probability of attack with its label."""
     logits, y = predict(model, loader)
-    attack = torch.softmax(logits.float(), dim=-1)[:, 1]
+    attack = probability_of_attack(logits)
     row = undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
                                      **split_metrics(y, attack, logits.argmax(-1))})
     return row, (attack.numpy(), y.numpy())
