@@ -16,8 +16,11 @@ No torch here: the hook must not start importing torch while a signal interrupts
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+from pipeline import io
 
 CHECKPOINT = "checkpoint.pt"
 """The last finished epoch: model, optimizer, scaler, RNG states and progress (``checkpoint.py``)."""
@@ -56,3 +59,22 @@ def _mtime_ns(path: Path) -> int | None:
         return path.stat().st_mtime_ns
     except FileNotFoundError:
         return None
+
+
+def trim_metrics(path: Path, last_epoch: int) -> None:
+    """Drop the ``metrics.jsonl`` lines of epochs after the checkpoint (written just before a crash);
+    those epochs will be run again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and _line_epoch(line) <= last_epoch]
+    if len(keep) != len(lines):
+        io.write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _line_epoch(line: str) -> int:
+    """Epoch of a metrics line; a torn (unparseable) line counts as later than any checkpoint."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62

@@ -34,7 +34,6 @@ not a step (the checkpoint format, file layout, selection, seeding) lives in its
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -55,7 +54,7 @@ from pipeline.device import peak_device_mb, peak_rss_mb, reset_peak
 from pipeline.selection_check import check_validation
 from pipeline.stage_warnings import clear_warnings
 from pipeline.train.checkpoint import Checkpointer, Progress
-from pipeline.train.layout import METRICS
+from pipeline.train.layout import METRICS, trim_metrics
 from pipeline.train.models import count_parameters
 from pipeline.train.parallel import data_parallel
 from pipeline.train.runtime import configure_threads, seed_everything, to_device
@@ -369,7 +368,7 @@ class Trainer:
                 self.train_loader.max_nodes = state["loader_max_nodes"]   # keep a plan shrunk after OOM
                 self._cap_validation_batches(state["loader_max_nodes"])
             if self.rank == 0:
-                _trim_metrics(self.metrics_path, self.state.epoch)
+                trim_metrics(self.metrics_path, self.state.epoch)
             self.log.info("resuming from %s after epoch %d (best epoch %d)", self.checkpoint_path,
                           self.state.epoch, self.state.best_epoch)
             self._same_batches_on_every_rank()
@@ -400,21 +399,3 @@ def _length(loader: Iterable) -> int | None:
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-
-
-def _trim_metrics(path: Path, last_epoch: int) -> None:
-    """Drop lines of epochs after the checkpoint (written just before a crash); they will be re-run."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and _line_epoch(line) <= last_epoch]
-    if len(keep) != len(lines):
-        io.write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _line_epoch(line: str) -> int:
-    """Epoch of a metrics line; a torn (unparseable) line counts as later than any checkpoint."""
-    try:
-        return int(json.loads(line)["epoch"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62
