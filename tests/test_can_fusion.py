@@ -57,14 +57,17 @@ def test_fusion_separates_hand_made_features_better_than_either_input(method):
 def test_the_saved_model_reloads_to_identical_scores(tmp_path, method):
     val, y_val = hand_made(300, seed=2)
     test, _ = hand_made(500, seed=3)
-    model, choices = fit_fusion(val, KINDS, y_val, profile_fusion(method))
+    # Inputs out of alphabetical order: the coefficients must still meet their own input once reloaded.
+    val["student"], test["student"] = 1 - val["teacher"], 1 - test["teacher"]
+    kinds = {"vgae": "detector", "teacher": "classifier", "student": "classifier"}
+    model, choices = fit_fusion(val, kinds, y_val, profile_fusion(method))
     model.save(tmp_path / MODEL_FILE)
     assert json.loads((tmp_path / MODEL_FILE).read_text())["coef"] == model.coef   # plain numbers, no pickle
     reloaded = FusionModel.load(tmp_path / MODEL_FILE)
-    assert reloaded == model
+    assert reloaded == model and list(reloaded.inputs) == list(kinds)
     np.testing.assert_array_equal(reloaded.probability(test), model.probability(test))
     if method == "logistic":   # the numbers are scikit-learn's fit at the chosen C
-        x = feature_matrix(KINDS, val)
+        x = feature_matrix(kinds, val)
         xs = (x - x.mean(0)) / x.std(0)
         reference = LogisticRegression(C=choices["C"]["chosen"], max_iter=1000).fit(xs, y_val)
         np.testing.assert_allclose(model.probability(val), reference.predict_proba(xs)[:, 1], rtol=1e-6)

@@ -127,11 +127,14 @@ class FusionModel:
         return expit(z)
 
     def save(self, path: Path) -> None:
-        io.write_json(path, asdict(self))
+        # The inputs as [name, kind] pairs: they give the order of mean, scale and coef, and a JSON
+        # object's keys would come back sorted.
+        io.write_json(path, {**asdict(self), "inputs": [[name, kind] for name, kind in self.inputs.items()]})
 
     @classmethod
     def load(cls, path: Path) -> "FusionModel":
-        return cls(**io.read_json(path))
+        fields = io.read_json(path)
+        return cls(**{**fields, "inputs": {name: kind for name, kind in fields["inputs"]}})
 
 
 def cannot_fit(y: np.ndarray) -> str | None:
