@@ -61,6 +61,10 @@ class CanDataConfig(DataConfig):
     """On a malformed row: stop with an error naming file and line, or skip it and count it in the manifest."""
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     """Column names (timestamp, id, payload, label) of header CSV / Parquet files beyond the recognised ones."""
+    id_agnostic: bool = False
+    """Hide which CAN id a node is from every model: an empty vocabulary (every node's id index is 0)
+    and node features relative to the id's statistics over its own capture
+    (``pipeline.can.data.capture``), so an unseen vehicle's ids are no evidence of attack by themselves."""
     train_glob: str = "train_*"
     test_glob: str = "test_*"
 

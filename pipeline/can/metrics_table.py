@@ -21,6 +21,9 @@ FUSION_HEADING = ("## Fusion (stacked teacher, autoencoder and student scores, f
 NORMALISED_NOTE = ("+norm rows: scores normalised per capture against its own score distribution: transductive, "
                    "reads no label (threshold chosen on normalised val).")
 
+ID_AGNOSTIC_NOTE = ("Inputs are id-agnostic (data.id_agnostic): no model sees which CAN id a node is; node features "
+                    "are relative to each id's statistics over its own capture: transductive, reads no label.\n\n")
+
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One row per (model, split): size, scores, a mark on near-trivial rows, the confusion matrix as

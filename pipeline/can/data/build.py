@@ -29,13 +29,13 @@ from tqdm import tqdm
 
 from pipeline import io
 from pipeline.can.config import CanDataConfig, CanProfile
+from pipeline.can.data.capture import CaptureStats, capture_stats, node_feature_names, relative_to_capture
 from pipeline.can.data.cache import save_split
 from pipeline.can.data.readers import READER_VERSION, CanLog, RawCanLog, load_can_log
 from pipeline.can.data.splits import SPLIT_VERSION, SourceFile, ValidationBlock, choose_validation, discover_sources
 from pipeline.can.data.windows import (
     EDGE_FEATURES,
     FEATURE_VERSION,
-    NODE_FEATURES,
     build_graphs_raw,
     concat_graphs,
     empty_graphs,
@@ -83,7 +83,8 @@ def preprocess_params(data: CanDataConfig) -> dict[str, Any]:
     """Every setting that changes the cached graphs (and so belongs in the cache key)."""
     return {"layout": data.layout, "window": data.window, "stride": data.stride or data.window,
             "val_fraction": data.val_fraction, "limit_rows": data.limit_rows, "bad_rows": data.bad_rows,
-            "columns": data.columns.mapping(), "feature_version": FEATURE_VERSION, "reader_version": READER_VERSION}
+            "columns": data.columns.mapping(), "id_agnostic": data.id_agnostic, "feature_version": FEATURE_VERSION,
+            "reader_version": READER_VERSION}
 
 
 def cache_key(sources: list[SourceFile], params: dict[str, Any]) -> str:
@@ -129,8 +130,9 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
     scenarios = sorted({s.scenario for s in sources if s.role == "test"})
     group_of = {i: ("train" if s.role == "train" else s.scenario) for i, s in enumerate(sources)}
     to_read = processing_order(sources)
-    gathered = _Gathered(sources, window, params["stride"], data.val_fraction, log)
+    gathered = _Gathered(sources, window, params["stride"], data.val_fraction, data.id_agnostic, log)
     vocab: np.ndarray | None = None
+    width = len(node_feature_names(data.id_agnostic))
 
     with ThreadPoolExecutor(LOADERS, thread_name_prefix="preprocess-read") as reader, \
             ThreadPoolExecutor(WRITERS, thread_name_prefix="preprocess-write") as writer:
@@ -139,7 +141,7 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
                 parts = gathered.take(name)
                 if name == "train" and sum(len(p["y"]) for _, p in parts) == 0:
                     raise ValueError(f"no train windows: every train file is shorter than one window of {window} rows")
-                splits[name] = writer.submit(_write_split, name, parts, vocab, window, out, log)
+                splits[name] = writer.submit(_write_split, name, parts, vocab, window, width, out, log)
 
         def load(index: int) -> RawCanLog:
             return load_can_log(sources[index].path, data.layout, data.limit_rows, data.bad_rows,
@@ -169,18 +171,20 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
         finish(tuple(name for name in scenarios if name not in splits))
         written = {name: splits[name].result() for name in ("train", "val", *scenarios)}
     return {"key": key, "params": params, "sources": gathered.entries, "vocab": [int(v) for v in vocab],
-            "node_features": list(NODE_FEATURES), "edge_features": list(EDGE_FEATURES), "splits": written,
+            "node_features": list(node_feature_names(data.id_agnostic)), "edge_features": list(EDGE_FEATURES), "splits": written,
             "split_version": SPLIT_VERSION, "scenarios": scenarios,
             "bad_rows_total": int(sum(e["bad_rows"] for e in gathered.entries))}
 
 
 class _Gathered:
     """What ``build_cache`` collects file by file: each split's window graphs (tagged with their
-    file's index), the manifest entry of every file, and the CAN ids of the train windows."""
+    file's index), the manifest entry of every file, and the CAN ids of the train windows (none when
+    the models are to be id-agnostic: the vocabulary stays empty)."""
 
     def __init__(self, sources: list[SourceFile], window: int, stride: int, val_fraction: float,
-                 log: logging.Logger):
+                 id_agnostic: bool, log: logging.Logger):
         self.sources, self.window, self.stride, self.val_fraction, self.log = sources, window, stride, val_fraction, log
+        self.id_agnostic = id_agnostic
         self.entries = [s.manifest_entry() for s in sources]
         self.parts: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {}
         self.vocab_ids: list[np.ndarray] = []
@@ -191,17 +195,25 @@ class _Gathered:
         entry.update(rows=len(can), bad_rows=can.bad_rows, padded_rows=can.padded_rows)
         if src.role == "train":
             train, val, block = window_train_file(can, self.window, self.stride, self.val_fraction, index)
-            self.vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
-            self.parts.setdefault("train", []).append((index, train))
-            self.parts.setdefault("val", []).append((index, val))
+            if not self.id_agnostic:
+                self.vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
+            stats = capture_stats(can) if self.id_agnostic else None
+            self.parts.setdefault("train", []).append((index, self._node_view(train, stats)))
+            self.parts.setdefault("val", []).append((index, self._node_view(val, stats)))
             entry["validation"] = validation_record(block, train, val)
             self.log.info("%s: %d rows (%d bad), %s", src.rel, len(can), can.bad_rows,
                           describe_validation(entry["validation"]))
         else:
             graphs = build_graphs_raw(can, self.window, self.stride, source=index)
-            self.parts.setdefault(src.scenario, []).append((index, graphs))
+            stats = capture_stats(can) if self.id_agnostic else None
+            self.parts.setdefault(src.scenario, []).append((index, self._node_view(graphs, stats)))
             self.log.info("%s: %d rows (%d bad), %d windows [%s]", src.rel, len(can), can.bad_rows,
                           len(graphs["y"]), src.scenario)
+
+    def _node_view(self, graphs: dict[str, torch.Tensor], stats: CaptureStats | None) -> dict[str, torch.Tensor]:
+        """Window graphs as the models will see them: as built, or (given their capture's
+        statistics) relative to their own capture."""
+        return graphs if stats is None else relative_to_capture(graphs, stats, self.window)
 
     def take(self, name: str) -> list[tuple[int, dict[str, torch.Tensor]]]:
         """A finished split's graphs, handed over (and forgotten here, so they can be freed once written)."""
@@ -251,9 +263,10 @@ def processing_order(sources: list[SourceFile]) -> list[int]:
 
 
 def _write_split(name: str, parts: list[tuple[int, dict[str, torch.Tensor]]], vocab: np.ndarray, window: int,
-                 out: Path, log: logging.Logger) -> dict[str, Any]:
+                 node_features: int, out: Path, log: logging.Logger) -> dict[str, Any]:
     """Join one split's per-file graphs (in source order), map CAN ids through the vocabulary, write ``<name>.pt``."""
-    graphs = concat_graphs([p for _, p in sorted(parts, key=lambda item: item[0])]) if parts else empty_graphs(raw=True)
+    graphs = (concat_graphs([p for _, p in sorted(parts, key=lambda item: item[0])]) if parts
+              else empty_graphs(raw=True, node_features=node_features))
     parts.clear()
     if graphs["y"].shape[0] == 0:
         log.warning("split %s has no windows (its files are shorter than %d rows)", name, window)

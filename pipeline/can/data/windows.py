@@ -119,9 +119,9 @@ def build_graphs_raw(log: CanLog, window: int, stride: int | None = None, row_sl
     return graphs
 
 
-def empty_graphs(raw: bool = False) -> dict[str, torch.Tensor]:
+def empty_graphs(raw: bool = False, node_features: int = len(NODE_FEATURES)) -> dict[str, torch.Tensor]:
     out = {
-        "x": torch.zeros((0, len(NODE_FEATURES)), dtype=torch.float32),
+        "x": torch.zeros((0, node_features), dtype=torch.float32),
         "edge_index": torch.zeros((2, 0), dtype=torch.int32),
         "edge_attr": torch.zeros((0, len(EDGE_FEATURES)), dtype=torch.float32),
         "y": torch.zeros(0, dtype=torch.int64),
@@ -212,7 +212,7 @@ def _node_features(log: CanLog, lo: int, hi: int, grow: np.ndarray, node_start: 
     # count^2 * variance = count * sum(b^2) - sum(b)^2: exact in unsigned integers (never negative).
     spread = np.multiply(sqsums, node_count.astype(np.uint64)[:, None], dtype=np.uint64)
     spread -= np.square(sums, dtype=np.uint64)
-    std = _row_sums(np.sqrt(spread.astype(np.float64))) / (node_count * float(8 * 255))
+    std = row_sums(np.sqrt(spread.astype(np.float64))) / (node_count * float(8 * 255))
     dlc_sum = _segment_sums(log.dlc[lo:hi][grow], node_end, np.int32)
     ts = log.ts[lo:hi]
     first_row, last_row = grow[node_start], grow[node_end]
@@ -245,7 +245,7 @@ def _byte_sums(payload: np.ndarray, grow: np.ndarray, seg_end: np.ndarray, w: in
     return sums, sqsums
 
 
-def _row_sums(values: np.ndarray) -> np.ndarray:
+def row_sums(values: np.ndarray) -> np.ndarray:
     """Sums over the columns of a small [n, k] float array, added left to right one column at a time.
 
     Every step is one elementwise IEEE addition, so a row's sum is the same bits wherever the row

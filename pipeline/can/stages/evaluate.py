@@ -48,7 +48,7 @@ from pipeline.can.detector import choose_threshold
 from pipeline.can.inference import cpu_latency_ms_per_1k, inference_node_cap
 from pipeline.can.fusion import FusionModel
 from pipeline.can.metrics import UNDEFINED_WITHOUT_ATTACKS, anomaly_scores, probability_of_attack, split_metrics
-from pipeline.can.metrics_table import detector_table, fusion_table, markdown_table
+from pipeline.can.metrics_table import ID_AGNOSTIC_NOTE, detector_table, fusion_table, markdown_table
 from pipeline.can.normalise import normalise_scores, warmup_windows
 from pipeline.can.scores import (
     CLASSIFIER,
@@ -120,7 +120,8 @@ def run(ctx) -> dict[str, Any]:
     io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows, "fusion_rows": fusion_rows,
                                              "scenarios": manifest["scenarios"]})
     table = ctx.dir / "metrics.md"
-    io.write_text(table, markdown_table(rows) + (detector_table(detector_rows) if detector_rows else "")
+    preamble = ID_AGNOSTIC_NOTE if ctx.profile.data.id_agnostic else ""
+    io.write_text(table, preamble + markdown_table(rows) + (detector_table(detector_rows) if detector_rows else "")
                   + (fusion_table(fusion_rows) if fusion_rows else ""))
     ctx.log.info("metrics table:\n%s", table.read_text())
     return {
