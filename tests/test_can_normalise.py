@@ -170,16 +170,22 @@ def test_config_validates_and_is_read_by_evaluate():
 
 def test_evaluate_stage_writes_normalised_rows_beside_the_raw_ones(tmp_path):
     cache = write_synthetic_cache(tmp_path / "cache")
-    overrides = ["stages=[preprocess, autoencoder, evaluate]", "vgae.hidden=8", "vgae.heads=2", "vgae.latent_dim=8",
+    overrides = ["stages=[preprocess, autoencoder, teacher, evaluate]", "vgae.hidden=8", "vgae.heads=2", "vgae.latent_dim=8",
                  "vgae.id_embed_dim=8", "train.epochs=1", "evaluate.score_normalisation=warmup",
                  "evaluate.warmup_windows=10"]
     run = run_with_cache(tmp_path, tiny_profile(overrides), cache)
     run_stage(run.path, "autoencoder")
+    run_stage(run.path, "teacher")
     result = run_stage(run.path, "evaluate")
     metrics = json.loads((run.path / "evaluate" / "metrics.json").read_text())
     names = [(r["model"], r["split"]) for r in metrics["detector_rows"]]
     splits = ["val", "test_01_known", "test_02_unknown"]
     assert names == [("vgae", s) for s in splits] + [("vgae+norm", s) for s in splits]
+    # The classifier too, on its logit of attack, under its own rows and at a threshold chosen on normalised val.
+    assert [(r["model"], r["split"]) for r in metrics["rows"]] == ([("teacher", s) for s in splits]
+                                                                    + [("teacher+norm", s) for s in splits])
+    teacher_norm = [r for r in metrics["rows"] if r["model"] == "teacher+norm"]
+    assert {r["normalisation"] for r in teacher_norm} == {"warmup"} and len({r["threshold"] for r in teacher_norm}) == 1
     normed = [r for r in metrics["detector_rows"] if r["model"] == "vgae+norm"]
     assert {r["normalisation"] for r in normed} == {"warmup"} and len({r["threshold"] for r in normed}) == 1
     assert NORMALISED_NOTE in (run.path / "evaluate" / "metrics.md").read_text()

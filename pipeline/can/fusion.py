@@ -35,7 +35,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from pipeline import io
 from pipeline.can.config import FusionConfig
 from pipeline.can.detector import choose_threshold
-from pipeline.can.metrics import anomaly_scores, probability_of_attack
+from pipeline.can.metrics import anomaly_scores, attack_logit, probability_of_attack
 from pipeline.can.scores import (
     CLASSIFIER,
     DETECTOR,
@@ -95,8 +95,7 @@ def feature_matrix(kinds: dict[str, str], columns: dict[str, np.ndarray]) -> np.
     for name, kind in kinds.items():
         score = np.asarray(columns[name], dtype=np.float64).reshape(-1)
         if kind == CLASSIFIER:
-            p = np.clip(score, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
-            out.append(np.log(p) - np.log1p(-p))
+            out.append(attack_logit(score, PROBABILITY_CLIP))
         else:
             out.append(np.log(np.maximum(score, ERROR_FLOOR)))
     return np.stack(out, axis=1)

@@ -18,8 +18,9 @@ DETECTOR_HEADING = "## Anomaly detectors (VGAE reconstruction error; F1 at the t
 FUSION_HEADING = ("## Fusion (stacked teacher, autoencoder and student scores, fitted on val; "
                   "F1 at the threshold chosen on val)")
 
-NORMALISED_NOTE = ("+norm rows: scores normalised per capture against its own score distribution: transductive, "
-                   "reads no label (threshold chosen on normalised val).")
+NORMALISED_NOTE = ("+norm rows: scores (a classifier's logit of attack, a detector's error) normalised per capture "
+                   "against its own score distribution: transductive, reads no label (threshold chosen on "
+                   "normalised val).")
 
 ID_AGNOSTIC_NOTE = ("Inputs are id-agnostic (data.id_agnostic): no model sees which CAN id a node is; node features "
                     "are relative to each id's statistics over its own capture: transductive, reads no label.\n\n")
@@ -44,10 +45,18 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines + ["", LEGEND] + ([""] + notes if notes else [])) + "\n"
 
 
+def classifier_table(rows: list[dict[str, Any]]) -> str:
+    """The classifiers' section: scores at the argmax, and their +norm rows at the normalised val threshold."""
+    return markdown_table(rows) + _normalised_note(rows)
+
+
 def detector_table(rows: list[dict[str, Any]]) -> str:
     """The anomaly detectors' section: AUROC of the reconstruction error, scores at the threshold."""
-    note = f"\n{NORMALISED_NOTE}\n" if any(r.get("normalisation") for r in rows) else ""
-    return f"\n{DETECTOR_HEADING}\n\n" + markdown_table(rows) + note
+    return f"\n{DETECTOR_HEADING}\n\n" + markdown_table(rows) + _normalised_note(rows)
+
+
+def _normalised_note(rows: list[dict[str, Any]]) -> str:
+    return f"\n{NORMALISED_NOTE}\n" if any(r.get("normalisation") for r in rows) else ""
 
 
 def fusion_table(rows: list[dict[str, Any]]) -> str:

@@ -76,10 +76,11 @@ def sections(records: RunRecords) -> list[Section]:
         return [Section("Evaluation", [Note("evaluate has not written evaluate/metrics.json in this run")])]
     folder = records.path / "evaluate"
     scores = read_scores(folder)
-    blocks: list = [metrics_table(data.get("rows", []), "classifiers (argmax of the logits)"),
+    blocks: list = [metrics_table(data.get("rows", []), "classifiers (argmax of the logits; +norm rows: "
+                                                        "threshold chosen on normalised val)"),
                     metrics_table(data.get("detector_rows", []), "anomaly detectors (VGAE reconstruction error; "
                                                                  "threshold chosen on val)")]
-    if any(r.get("normalisation") for r in data.get("detector_rows", [])):
+    if any(r.get("normalisation") for r in data.get("rows", []) + data.get("detector_rows", [])):
         blocks.append(Note(NORMALISED_NOTE))
     if data.get("fusion_rows"):
         blocks.append(metrics_table(data["fusion_rows"], "fusion (stacked scores fitted on val; threshold chosen on val)"))

@@ -24,8 +24,9 @@ of the attack class: AUROC, AP, MCC, trivial and oracle F1), never a 0 that read
 detector; accuracy and the false-positive count still describe it. Any other undefined score (the
 AUROC of a split without normal windows) is null too.
 
-With ``evaluate.score_normalisation`` on (``median_mad`` or ``warmup``), every detector is scored a second
-time, as ``<model>+norm``, on its scores standardised per capture (a window's source file, recorded in
+With ``evaluate.score_normalisation`` on (``median_mad`` or ``warmup``), every model is scored a second
+time, as ``<model>+norm`` (a classifier on its logit of attack, a detector on its error, each under its
+own table), on its scores standardised per capture (a window's source file, recorded in
 the cache; ``pipeline.can.normalise``) against that capture's own scores or its first windows; val is
 normalised against itself and the threshold is chosen again on it, as the autoencoder stage chooses it.
 The normalisation reads no label but is transductive; its rows sit under the detector's own, and the
@@ -47,8 +48,14 @@ from pipeline.can.data.loader import VALIDATION_GRAPHS_FACTOR, GraphLoader, vali
 from pipeline.can.detector import choose_threshold
 from pipeline.can.inference import cpu_latency_ms_per_1k, inference_node_cap
 from pipeline.can.fusion import FusionModel
-from pipeline.can.metrics import UNDEFINED_WITHOUT_ATTACKS, anomaly_scores, probability_of_attack, split_metrics
-from pipeline.can.metrics_table import ID_AGNOSTIC_NOTE, detector_table, fusion_table, markdown_table
+from pipeline.can.metrics import (
+    UNDEFINED_WITHOUT_ATTACKS,
+    anomaly_scores,
+    attack_logit,
+    probability_of_attack,
+    split_metrics,
+)
+from pipeline.can.metrics_table import ID_AGNOSTIC_NOTE, classifier_table, detector_table, fusion_table
 from pipeline.can.normalise import normalise_scores, warmup_windows
 from pipeline.can.scores import (
     CLASSIFIER,
@@ -80,7 +87,20 @@ def run(ctx) -> dict[str, Any]:
     def loader(split: GraphSplit) -> GraphLoader:
         return validation_loader(split, ctx.profile.train.batch_size, node_cap)
 
-    rows, all_scored = [], {}
+    normalisation = ctx.profile.evaluate.score_normalisation
+    windows = {name: (split.t["source"].numpy(), split.t["start_row"].numpy()) for name, split in splits.items()}
+
+    def normalised(name: str, scored: dict[str, Scored], cost: dict[str, Any]) -> list[dict[str, Any]]:
+        """``<name>+norm`` rows when score normalisation is on (none otherwise), logged as they come."""
+        if normalisation == "none":
+            return []
+        out = normalised_rows(name, scored, windows, normalisation, ctx.profile.evaluate.warmup_windows)
+        for row in out:
+            ctx.log.info("%s on %s: AUROC %s, f1 %s at threshold %.4g", row["model"], row["split"],
+                         _score_text(row, "auroc"), _score_text(row, "f1"), row["threshold"])
+        return [{**row, **cost} for row in out]
+
+    rows, normalised_classifier_rows, all_scored = [], [], {}
     for name, checkpoint in models_to_score(ctx.upstream).items():
         model = load_model(checkpoint, ctx.device)
         cost = model_cost(checkpoint, splits["val"], batch_size, _classify)
@@ -95,8 +115,8 @@ def run(ctx) -> dict[str, Any]:
             rows.append(row)
         write_scores(ctx.dir, ModelScores(name, CLASSIFIER, 0.5, scored))
         all_scored[name] = scored
-    normalisation = ctx.profile.evaluate.score_normalisation
-    windows = {name: (split.t["source"].numpy(), split.t["start_row"].numpy()) for name, split in splits.items()}
+        normalised_classifier_rows += normalised(name, {s: (attack_logit(p), y) for s, (p, y) in scored.items()}, cost)
+    rows += normalised_classifier_rows
     detector_rows = []
     for name, detector in detectors_to_score(ctx.upstream).items():
         model = load_model(detector["checkpoint"], ctx.device)
@@ -110,18 +130,13 @@ def run(ctx) -> dict[str, Any]:
             detector_rows.append(row)
         write_scores(ctx.dir, ModelScores(name, DETECTOR, float(detector["threshold"]), scored))
         all_scored[name] = scored
-        if normalisation != "none":
-            normalised = normalised_rows(name, scored, windows, normalisation, ctx.profile.evaluate.warmup_windows)
-            for row in normalised:
-                ctx.log.info("%s on %s: AUROC %s, f1 %s at threshold %.4g", row["model"], row["split"],
-                             _score_text(row, "auroc"), _score_text(row, "f1"), row["threshold"])
-            detector_rows += [{**row, **cost} for row in normalised]
+        detector_rows += normalised(name, scored, cost)
     fusion_rows = evaluate_fusion(ctx, all_scored, list(splits))
     io.write_json(ctx.dir / "metrics.json", {"rows": rows, "detector_rows": detector_rows, "fusion_rows": fusion_rows,
                                              "scenarios": manifest["scenarios"]})
     table = ctx.dir / "metrics.md"
     preamble = ID_AGNOSTIC_NOTE if ctx.profile.data.id_agnostic else ""
-    io.write_text(table, preamble + markdown_table(rows) + (detector_table(detector_rows) if detector_rows else "")
+    io.write_text(table, preamble + classifier_table(rows) + (detector_table(detector_rows) if detector_rows else "")
                   + (fusion_table(fusion_rows) if fusion_rows else ""))
     ctx.log.info("metrics table:\n%s", table.read_text())
     return {
