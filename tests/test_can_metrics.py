@@ -2,12 +2,16 @@
 on hand-made scores, and the near-trivial mark of ``metrics.md``."""
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn import metrics as skm
 
+from bench.can_scenarios import table as scenario_table
+from pipeline import io
 from pipeline.can.metrics import NEAR_TRIVIAL_MARGIN, UNDEFINED_WITHOUT_ATTACKS, oracle_f1, split_metrics
 from pipeline.can.metrics_table import LEGEND, NEAR_TRIVIAL, markdown_table
 from pipeline.can.stages.evaluate import evaluate_detector, evaluate_model, undefined_without_attacks
@@ -168,3 +172,25 @@ def test_metrics_md_marks_near_trivial_rows_and_explains_the_mark():
     assert cells["good"][head.index("oracle F1")] == "1.0000"
     assert lines[4:] == ["", LEGEND]
     assert NEAR_TRIVIAL in LEGEND and "never used to choose anything" in LEGEND
+
+
+def test_scenario_table_lists_every_model_and_run_side_by_side(tmp_path):
+    def finished_run(name: str, seed: int, agnostic: bool, auroc: float | None) -> Path:
+        run = tmp_path / name
+        (run / "evaluate").mkdir(parents=True)
+        (run / "profile.yaml").write_text(yaml.safe_dump(
+            {"name": "hcrl_sa", "train": {"seed": seed}, "data": {"id_agnostic": agnostic}}))
+        row = {"auroc": auroc, "mcc": 0.5, "f1": 0.6, "near_trivial": auroc is None}
+        io.write_json(run / "evaluate" / "metrics.json", {
+            "scenarios": ["test_02_unknown_vehicle_known_attack"],
+            "rows": [{"model": "teacher", "split": s, **row} for s in ("val", "test_02_unknown_vehicle_known_attack")],
+            "detector_rows": [{"model": "vgae", "split": "val", **row}], "fusion_rows": []})
+        return run
+
+    text = scenario_table([finished_run("a", 0, False, 0.91), finished_run("b", 1, True, None)])
+    lines = text.splitlines()
+    assert lines[0] == "| model | ids | seed | val | test_02 |"
+    assert lines[2] == "| teacher | vocabulary | 0 | 0.910 / 0.500 / 0.600 | 0.910 / 0.500 / 0.600 |"
+    assert lines[3] == "| teacher | agnostic | 1 | undef. / 0.500 / 0.600 ⚠ | undef. / 0.500 / 0.600 ⚠ |"
+    assert lines[4].startswith("| vgae | vocabulary | 0 |") and lines[4].endswith("| – |")
+    assert "test_02_unknown_vehicle_known_attack" in text
