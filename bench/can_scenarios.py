@@ -30,7 +30,10 @@ def run_settings(run: Path) -> dict[str, Any]:
 
 def scenario_rows(run: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """(splits in order, one record per model with its per-split rows) of one run's evaluate stage."""
-    metrics = io.read_json(run / "evaluate" / "metrics.json")
+    path = run / "evaluate" / "metrics.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist: {run} is not a CAN run whose evaluate stage finished")
+    metrics = io.read_json(path)
     splits = ["val", *metrics["scenarios"]]
     models: dict[str, dict[str, Any]] = {}
     for kind in ROW_KINDS:
