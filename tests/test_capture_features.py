@@ -93,6 +93,19 @@ def test_which_id_is_which_changes_nothing():
                             capture_stats(make_log(other_ids, ts, byte0)), window)
 
 
+def test_features_read_no_label():
+    """The capture statistics come from the whole capture, attacks included, but never from its labels."""
+    rng = np.random.default_rng(5)
+    n, window = 2000, 40
+    ids = rng.choice(np.array([0x10, 0x20, 0x316], dtype=np.uint32), size=n)
+    log = make_log(ids, np.cumsum(rng.exponential(0.001, size=n)), rng.integers(0, 256, size=n))
+    relabelled = CanLog(log.ts, log.can_id, log.dlc, log.payload, (rng.random(n) < 0.5).astype(np.uint8))
+    mine = relative_to_capture(build_graphs_raw(log, window), capture_stats(log), window)
+    theirs = relative_to_capture(build_graphs_raw(relabelled, window), capture_stats(relabelled), window)
+    assert not torch.equal(mine["y"], theirs["y"])
+    assert torch.equal(mine["x"], theirs["x"]) and torch.equal(mine["edge_attr"], theirs["edge_attr"])
+
+
 def test_preprocess_id_agnostic(tmp_path: Path):
     default, _ = run_preprocess(tmp_path)
     record, _ = run_preprocess(tmp_path, "data.id_agnostic=true", run_id="r2")
