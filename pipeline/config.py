@@ -318,7 +318,7 @@ def parse_override(item: str) -> dict:
     key, raw = item.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ProfileError(f"-O {item}: empty key")
-    value = yaml.safe_load(raw) if raw != "" else None
+    value = _override_value(raw)
     out: dict = {}
     node = out
     parts = key.split(".")
@@ -326,6 +326,17 @@ def parse_override(item: str) -> dict:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return out
+
+
+def _override_value(raw: str) -> Any:
+    """The value of ``-O key=raw`` read as YAML (numbers, booleans, lists); text that is not valid YAML,
+    such as the glob ``*sonata*`` (an alias to YAML), is taken as the plain string it was typed as."""
+    if raw == "":
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def dump_profile(profile: Profile) -> str:

@@ -119,6 +119,9 @@ def test_parse_override():
     assert parse_override("train.epochs=3") == {"train": {"epochs": 3}}
     assert parse_override("device=cpu") == {"device": "cpu"}
     assert parse_override("data.limit_rows=null") == {"data": {"limit_rows": None}}
+    # Text that YAML cannot read (a glob starts like an alias) is the string as typed, not a traceback.
+    assert parse_override("data.val_files=*sonata*") == {"data": {"val_files": "*sonata*"}}
+    assert parse_override("data.val_files=[a, b") == {"data": {"val_files": "[a, b"}}
     with pytest.raises(ProfileError, match="key=value"):
         parse_override("train.epochs")
 

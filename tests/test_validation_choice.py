@@ -2,6 +2,7 @@
 preprocess warning when validation holds no attack window."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,9 @@ def test_validation_block_holds_attacks_when_the_tail_has_none(tmp_path):
 def test_validation_and_train_windows_never_overlap(stride):
     rows = 1500
     labels = attacks_at(rows, (300, 420), (900, 910))
-    train, val, block = window_train_file(synthetic_log(labels), WINDOW, stride, 0.2, source=0)
+    log = synthetic_log(labels)
+    block = choose_validation(log.label, WINDOW, stride, 0.2)
+    train, val = window_train_file(log, WINDOW, stride, block, source=0)
     val_starts, train_starts = val["start_row"].numpy(), train["start_row"].numpy()
     assert val_starts.size == round(0.2 * num_windows(rows, WINDOW, stride))
     assert np.all(np.diff(val_starts) == stride)  # time-contiguous
@@ -155,7 +158,9 @@ def test_attack_free_file_keeps_tail_validation(tmp_path):
 
 def test_attacks_only_in_the_tail_are_shared_with_training():
     rows = 2000  # attacks in the last 10 of 100 windows; validation takes 20 windows
-    train, val, block = window_train_file(synthetic_log(attacks_at(rows, (1800, 2000))), WINDOW, WINDOW, 0.2, source=0)
+    log = synthetic_log(attacks_at(rows, (1800, 2000)))
+    block = choose_validation(log.label, WINDOW, WINDOW, 0.2)
+    train, val = window_train_file(log, WINDOW, WINDOW, block, source=0)
     assert block.val.stop < rows and block.rule == "middle block: both parts hold half their attack share"
     assert int(train["y"].sum()) >= 10 * 80 / 100 / 2 and int(val["y"].sum()) >= 10 * 20 / 100 / 2
     assert int(train["y"].sum()) + int(val["y"].sum()) == 10
@@ -189,3 +194,39 @@ def test_preprocess_warns_when_no_train_file_gives_validation_attacks(tmp_path):
     assert "validation holds no attack windows" in warning["message"] and warning["profile_key"] == "data.train_glob"
     assert "validation holds no attack windows" in (run.path / "preprocess" / "log").read_text()
     assert f"warning preprocess: {warning['message']}" in status_report(run.path)
+
+
+def test_val_files_hold_out_whole_train_files(tmp_path):
+    """data.val_files: the matching train files are validation whole (a vehicle training never
+    sees), the others are trained on whole, and the vocabulary knows only the trained files' ids."""
+    profile = load_profile("local", [f"data.cache_dir={tmp_path / 'cache'}", "data.val_files=*sonata*"])
+    run = RunDir.create(profile, root=tmp_path / "runs", run_id="r1")
+    record = run_stage(run.path, "preprocess")
+    cache = Path(record["cache_dir"])
+    manifest = io.read_json(cache / "manifest.json")
+    assert manifest["params"]["val_files"] == "*sonata*"
+    by_path = {s["path"]: s for s in manifest["sources"] if s["role"] == "train" and not s["duplicate_of"]}
+    index = {s["path"]: i for i, s in enumerate(manifest["sources"])}
+    held = {p for p in by_path if "sonata" in p}
+    assert held == {"train_01_attack_free/attack-free-sonata.csv.gz", "train_02_with_attacks/fuzzing-sonata.csv.gz"}
+    for path, entry in by_path.items():
+        rows, windows = entry["rows"], entry["validation"]["windows"]
+        if path in held:
+            assert entry["validation"]["val_rows"] == [0, rows] and windows["train"] == 0
+        else:
+            assert entry["validation"]["val_rows"] == [rows, rows] and windows["val"] == 0
+    train, val = GraphSplit.open(cache / "train.pt"), GraphSplit.open(cache / "val.pt")
+    assert set(val.t["source"].tolist()) == {index[p] for p in held}
+    assert not set(train.t["source"].tolist()) & {index[p] for p in held}
+    assert int(val.y.sum()) > 0                                   # the held-out fuzzing capture
+    # Ids seen only in the held-out files are out of vocabulary, as an unseen vehicle's are.
+    assert int(train.t["node_id"].min()) >= 1 and int(val.t["node_id"].eq(0).sum()) > 0
+
+
+@pytest.mark.parametrize("pattern, which", [("*spark*", "no"), ("train_*", "every")])
+def test_val_files_must_leave_something_on_each_side(tmp_path, pattern, which):
+    profile = load_profile("local", [f"data.cache_dir={tmp_path / 'cache'}", f"data.val_files={pattern}"])
+    run = RunDir.create(profile, root=tmp_path / "runs", run_id="r1")
+    with pytest.raises(Exception, match=rf"data.val_files='{re.escape(pattern)}' matches {which} train file"):
+        run_stage(run.path, "preprocess")
+    assert not any((tmp_path / "cache").glob("*/manifest.json"))

@@ -61,6 +61,10 @@ class CanDataConfig(DataConfig):
     """On a malformed row: stop with an error naming file and line, or skip it and count it in the manifest."""
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     """Column names (timestamp, id, payload, label) of header CSV / Parquet files beyond the recognised ones."""
+    val_files: str | None = None
+    """A glob over train files' paths in the dataset (``*sonata*``): the files it matches are
+    validation whole and never trained on; the others are trained on whole. None: a block of each
+    train file is validation (``val_fraction``)."""
     id_agnostic: bool = False
     """Hide which CAN id a node is from every model: an empty vocabulary (every node's id index is 0)
     and node features relative to the id's statistics over its own capture

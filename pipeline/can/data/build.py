@@ -32,7 +32,15 @@ from pipeline.can.config import CanDataConfig, CanProfile
 from pipeline.can.data.capture import CaptureStats, capture_stats, node_feature_names, relative_to_capture
 from pipeline.can.data.cache import save_split
 from pipeline.can.data.readers import READER_VERSION, CanLog, RawCanLog, load_can_log
-from pipeline.can.data.splits import SPLIT_VERSION, SourceFile, ValidationBlock, choose_validation, discover_sources
+from pipeline.can.data.splits import (
+    SPLIT_VERSION,
+    SourceFile,
+    ValidationBlock,
+    choose_validation,
+    discover_sources,
+    held_out_files,
+    held_out_validation,
+)
 from pipeline.can.data.windows import (
     EDGE_FEATURES,
     FEATURE_VERSION,
@@ -83,7 +91,7 @@ def preprocess_params(data: CanDataConfig) -> dict[str, Any]:
     """Every setting that changes the cached graphs (and so belongs in the cache key)."""
     return {"layout": data.layout, "window": data.window, "stride": data.stride or data.window,
             "val_fraction": data.val_fraction, "limit_rows": data.limit_rows, "bad_rows": data.bad_rows,
-            "columns": data.columns.mapping(), "id_agnostic": data.id_agnostic, "feature_version": FEATURE_VERSION,
+            "columns": data.columns.mapping(), "val_files": data.val_files, "id_agnostic": data.id_agnostic, "feature_version": FEATURE_VERSION,
             "reader_version": READER_VERSION}
 
 
@@ -130,7 +138,8 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
     scenarios = sorted({s.scenario for s in sources if s.role == "test"})
     group_of = {i: ("train" if s.role == "train" else s.scenario) for i, s in enumerate(sources)}
     to_read = processing_order(sources)
-    gathered = _Gathered(sources, window, params["stride"], data.val_fraction, data.id_agnostic, log)
+    gathered = _Gathered(sources, window, params["stride"], data.val_fraction, data.id_agnostic,
+                         held_out_files(sources, data.val_files), log)
     vocab: np.ndarray | None = None
     width = len(node_feature_names(data.id_agnostic))
 
@@ -182,9 +191,9 @@ class _Gathered:
     the models are to be id-agnostic: the vocabulary stays empty)."""
 
     def __init__(self, sources: list[SourceFile], window: int, stride: int, val_fraction: float,
-                 id_agnostic: bool, log: logging.Logger):
+                 id_agnostic: bool, held_out: set[str], log: logging.Logger):
         self.sources, self.window, self.stride, self.val_fraction, self.log = sources, window, stride, val_fraction, log
-        self.id_agnostic = id_agnostic
+        self.id_agnostic, self.held_out = id_agnostic, held_out
         self.entries = [s.manifest_entry() for s in sources]
         self.parts: dict[str, list[tuple[int, dict[str, torch.Tensor]]]] = {}
         self.vocab_ids: list[np.ndarray] = []
@@ -194,7 +203,9 @@ class _Gathered:
         src, entry = self.sources[index], self.entries[index]
         entry.update(rows=len(can), bad_rows=can.bad_rows, padded_rows=can.padded_rows)
         if src.role == "train":
-            train, val, block = window_train_file(can, self.window, self.stride, self.val_fraction, index)
+            block = (held_out_validation(len(can), src.rel in self.held_out) if self.held_out
+                     else choose_validation(can.label, self.window, self.stride, self.val_fraction))
+            train, val = window_train_file(can, self.window, self.stride, block, index)
             if not self.id_agnostic:
                 self.vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
             stats = capture_stats(can) if self.id_agnostic else None
@@ -220,16 +231,15 @@ class _Gathered:
         return self.parts.pop(name, [])
 
 
-def window_train_file(can: CanLog, window: int, stride: int, val_fraction: float, source: int
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], ValidationBlock]:
-    """Train and validation window graphs of one train file, split by ``choose_validation``.
+def window_train_file(can: CanLog, window: int, stride: int, block: ValidationBlock, source: int
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Train and validation window graphs of one train file, split at ``block``.
 
     Each train row range is windowed on its own, so no train window spans the validation block.
     """
-    block = choose_validation(can.label, window, stride, val_fraction)
     train = concat_graphs([build_graphs_raw(can, window, stride, rows, source=source) for rows in block.train])
     val = build_graphs_raw(can, window, stride, block.val, source=source)
-    return train, val, block
+    return train, val
 
 
 def validation_record(block: ValidationBlock, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor]

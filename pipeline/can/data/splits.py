@@ -6,7 +6,9 @@
   and reading it twice would put the same windows in train and validation (or test). Identity is
   judged on the decompressed content, because the same capture gzipped twice differs in its header
   bytes (the set_01 copies do); the later file is recorded as ``duplicate_of`` the first.
-* Validation is a time-contiguous block of each train file, never randomly drawn windows, because
+* With ``data.val_files`` (a glob over train files' paths), validation is the train files it
+  matches, whole, and training the others, whole: a held-out vehicle or attack for validation.
+* Otherwise validation is a time-contiguous block of each train file, never randomly drawn windows, because
   neighbouring windows of a capture are nearly identical and a random split would leak. An
   attack-free file gives its tail; a file with attacks gives the block nearest its tail that holds
   its share of attack windows and leaves training its own (see ``choose_validation``), so
@@ -14,6 +16,7 @@
 """
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import hashlib
 import struct
@@ -193,6 +196,28 @@ class ValidationBlock:
     def manifest_entry(self) -> dict[str, Any]:
         return {"rule": self.rule, "val_rows": [self.val.start, self.val.stop],
                 "train_rows": [[s.start, s.stop] for s in self.train if s.stop > s.start]}
+
+
+def held_out_validation(rows: int, held_out: bool) -> ValidationBlock:
+    """With ``data.val_files``: a train file it matches is validation whole, any other is train whole,
+    so validation can hold a vehicle (or an attack) that training never sees."""
+    if held_out:
+        return ValidationBlock((slice(0, 0),), slice(0, rows), "whole file: held out by data.val_files")
+    return ValidationBlock((slice(0, rows),), slice(rows, rows), "all train: validation is data.val_files")
+
+
+def held_out_files(sources: list[SourceFile], pattern: str | None) -> set[str]:
+    """``rel`` of the train files that ``data.val_files`` holds out (none without a pattern); an error
+    naming the key when it matches no train file, or every one (nothing would be left to train on)."""
+    if pattern is None:
+        return set()
+    train = [s.rel for s in sources if s.role == "train" and not s.duplicate_of]
+    held = {rel for rel in train if fnmatch.fnmatchcase(rel, pattern)}
+    if not held or held == set(train):
+        which = "no" if not held else "every"
+        raise SplitError(f"data.val_files={pattern!r} matches {which} train file ({', '.join(train)}); "
+                         "give a pattern that holds out some of them, or drop the key")
+    return held
 
 
 def choose_validation(labels: np.ndarray, window: int, stride: int, val_fraction: float) -> ValidationBlock:
