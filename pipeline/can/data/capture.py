@@ -82,8 +82,9 @@ def capture_stats(log: CanLog) -> CaptureStats:
     ends = np.cumsum(counts)
     first, last = grouped[ends - counts], grouped[ends - 1]
     gap_ms = (log.ts[last] - log.ts[first]) * 1000.0 / np.maximum(count - 1.0, 1.0)
-    return CaptureStats(ids=ids.astype(np.uint32), share=count / float(max(len(log), 1)), byte_mean=sums / (count[:, None] * 255.0),
-                        byte_std=byte_std, dlc_mean=dlc_mean, log_gap_ms=np.log(np.maximum(gap_ms, 0.0) + 1.0))
+    return CaptureStats(ids=ids.astype(np.uint32), share=count / float(max(len(log), 1)),
+                        byte_mean=sums / (count[:, None] * 255.0), byte_std=byte_std, dlc_mean=dlc_mean,
+                        log_gap_ms=np.log(np.maximum(gap_ms, 0.0) + 1.0))
 
 
 def relative_to_capture(graphs: dict[str, torch.Tensor], stats: CaptureStats, window: int) -> dict[str, torch.Tensor]:
