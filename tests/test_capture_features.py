@@ -54,7 +54,7 @@ def test_features_by_hand():
     assert a[COL["count"]] == pytest.approx(0.5)
     assert a[COL["count_excess"]] == pytest.approx(math.log(0.5 / 0.5), abs=1e-7)
     assert b[COL["count_excess"]] == pytest.approx(math.log(0.5 / (3 / 8)))
-    assert a[COL["byte_dev_0"]] == pytest.approx((10 - 20) / 255)        # the window's A bytes are below A's capture mean
+    assert a[COL["byte_dev_0"]] == pytest.approx((10 - 20) / 255)   # A's bytes here: below its capture mean
     assert a[COL["byte_std_dev"]] == pytest.approx(0 - 10 / (8 * 255))
     assert a[COL["log_gap_dev"]] == pytest.approx(0.0, abs=1e-6)         # A's gap in the window is its capture gap
     assert a[COL["log10_share"]] == pytest.approx(math.log10(0.5))

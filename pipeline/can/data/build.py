@@ -91,8 +91,8 @@ def preprocess_params(data: CanDataConfig) -> dict[str, Any]:
     """Every setting that changes the cached graphs (and so belongs in the cache key)."""
     return {"layout": data.layout, "window": data.window, "stride": data.stride or data.window,
             "val_fraction": data.val_fraction, "limit_rows": data.limit_rows, "bad_rows": data.bad_rows,
-            "columns": data.columns.mapping(), "val_files": data.val_files, "id_agnostic": data.id_agnostic, "feature_version": FEATURE_VERSION,
-            "reader_version": READER_VERSION}
+            "columns": data.columns.mapping(), "val_files": data.val_files, "id_agnostic": data.id_agnostic,
+            "feature_version": FEATURE_VERSION, "reader_version": READER_VERSION}
 
 
 def cache_key(sources: list[SourceFile], params: dict[str, Any]) -> str:
@@ -180,7 +180,8 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
         finish(tuple(name for name in scenarios if name not in splits))
         written = {name: splits[name].result() for name in ("train", "val", *scenarios)}
     return {"key": key, "params": params, "sources": gathered.entries, "vocab": [int(v) for v in vocab],
-            "node_features": list(node_feature_names(data.id_agnostic)), "edge_features": list(EDGE_FEATURES), "splits": written,
+            "node_features": list(node_feature_names(data.id_agnostic)), "edge_features": list(EDGE_FEATURES),
+            "splits": written,
             "split_version": SPLIT_VERSION, "scenarios": scenarios,
             "bad_rows_total": int(sum(e["bad_rows"] for e in gathered.entries))}
 
