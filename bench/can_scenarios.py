@@ -3,10 +3,10 @@
 Each RUN is a finished CAN run directory (``make dry-run`` / ``make submit``). For every model of
 every run it prints one row per (model, run) with, for val and each test scenario, ``AUROC / MCC /
 F1`` at the model's operating threshold (argmax for a classifier, the threshold chosen on val
-otherwise) and a ⚠ where the F1 is within 0.03 of the trivial F1. The runs' settings that differ
-(seed, id-agnostic inputs, score normalisation) are columns, so on/off and seeds read side by
-side. Nothing here chooses anything: the declared detector and every setting were chosen before,
-on validation (see ``fusion/choices.json``); this only reports.
+otherwise) and a ⚠ where the F1 is within 0.03 of the trivial F1. The seed and the id mode
+(vocabulary or id-agnostic inputs) are columns, so on/off and seeds read side by side. Nothing here
+chooses anything: every threshold and fusion weight was chosen on validation by the chain (see
+``fusion/choices.json``); this only reports.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ ROW_KINDS = ("rows", "detector_rows", "fusion_rows")
 def run_settings(run: Path) -> dict[str, Any]:
     """The settings a scenario table compares runs on, read from the run's resolved profile."""
     profile = yaml.safe_load((run / "profile.yaml").read_text())
-    return {"profile": profile["name"], "seed": profile["train"]["seed"],
-            "ids": "agnostic" if profile["data"].get("id_agnostic") else "vocabulary"}
+    return {"seed": profile["train"]["seed"], "ids": "agnostic" if profile["data"].get("id_agnostic") else "vocabulary"}
 
 
 def scenario_rows(run: Path) -> tuple[list[str], list[dict[str, Any]]]:
@@ -50,16 +49,18 @@ def cell(row: dict[str, Any] | None) -> str:
 
 
 def table(runs: list[Path]) -> str:
-    """Markdown: one row per (model, run), by model (in evaluate's order), then in the runs' order."""
-    records, splits = [], []
+    """Markdown: one row per (model, run), by model (in order of first appearance), then in the runs' order."""
+    records, splits, model_order = [], [], {}
     for run_index, run in enumerate(runs):
         run_splits, models = scenario_rows(run)
         splits = splits or run_splits
         if run_splits != splits:
             raise SystemExit(f"{run}: scenarios {run_splits} differ from the first run's {splits}")
         settings = run_settings(run)
-        records += [{**settings, **m, "order": (i, m["model"], run_index)} for i, m in enumerate(models)]
-    records.sort(key=lambda r: r["order"])
+        for m in models:
+            model_order.setdefault(m["model"], len(model_order))
+            records.append({**settings, **m, "run": run_index})
+    records.sort(key=lambda r: (model_order[r["model"]], r["run"]))
     head = ["model", "ids", "seed", *(_short(s) for s in splits)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:

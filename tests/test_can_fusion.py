@@ -14,6 +14,7 @@ from pipeline.can.data.cache import GraphSplit, save_split
 from pipeline.can.fusion import MODEL_FILE, FusionModel, feature_matrix, fit_fusion
 from pipeline.can.metrics_table import FUSION_HEADING
 from pipeline.config import ProfileError, load_profile
+from pipeline.errors import InputError
 from pipeline.runner import run_stage
 from pipeline.stage_warnings import stage_warnings
 from pipeline.stages import STAGE_ORDER, WORKLOADS
@@ -65,6 +66,10 @@ def test_the_saved_model_reloads_to_identical_scores(tmp_path, method):
     assert json.loads((tmp_path / MODEL_FILE).read_text())["coef"] == model.coef   # plain numbers, no pickle
     reloaded = FusionModel.load(tmp_path / MODEL_FILE)
     assert reloaded == model and list(reloaded.inputs) == list(kinds)
+    old_format = {**json.loads((tmp_path / MODEL_FILE).read_text()), "inputs": kinds}
+    (tmp_path / "old.json").write_text(json.dumps(old_format, sort_keys=True))
+    with pytest.raises(InputError, match="old.json: a fusion model saved with its inputs as a JSON object"):
+        FusionModel.load(tmp_path / "old.json")
     np.testing.assert_array_equal(reloaded.probability(test), model.probability(test))
     if method == "logistic":   # the numbers are scikit-learn's fit at the chosen C
         x = feature_matrix(kinds, val)

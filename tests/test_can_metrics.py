@@ -144,13 +144,24 @@ class _Model(torch.nn.Module):
 
 def test_evaluate_rows_rank_by_the_attack_probability_and_the_anomaly_score():
     loader = [_Batch(Y[:5], SCORE[:5]), _Batch(Y[5:], SCORE[5:])]
-    row, (probability, labels) = evaluate_model(_Model(), loader)
+    row, (probability, labels), _ = evaluate_model(_Model(), loader)
     assert probability == pytest.approx(SCORE, abs=1e-6) and (labels == Y).all()
     assert row["auroc"] == pytest.approx(21 / 24) and row["oracle_f1"] == pytest.approx(0.8)
     assert row["confusion"] == [[4, 2], [1, 3]] and row["graphs"] == 10 and row["attacks"] == 4
     row, (error, _) = evaluate_detector(_Model(), loader, threshold=0.66)
     assert error == pytest.approx(SCORE, abs=1e-6) and row["auroc"] == pytest.approx(21 / 24)
     assert row["confusion"] == [[5, 1], [2, 2]] and row["mcc"] == pytest.approx(skm.matthews_corrcoef(Y, SCORE >= 0.66))
+
+
+def test_the_logit_margin_keeps_apart_what_a_saturated_probability_merges():
+    """Per-capture normalisation of a classifier reads its logit margin: a confident model's windows
+    all have probability 1.0 in float32, and their clipped logits one value, but distinct margins."""
+    batch = _Batch([1, 1, 1, 0], [0.5, 0.5, 0.5, 0.5])
+    batch.logits = torch.tensor([[0.0, 30.0], [0.0, 45.0], [-5.0, 60.0], [0.0, -3.0]])
+    _, (probability, _), (margin, labels) = evaluate_model(_Model(), [batch])
+    assert probability[:3].tolist() == [1.0, 1.0, 1.0]
+    assert margin.dtype == np.float64 and margin.tolist() == [30.0, 45.0, 65.0, -3.0]
+    assert labels.tolist() == [1, 1, 1, 0]
 
 
 def _row(model, split, y, pred):

@@ -170,8 +170,8 @@ def test_config_validates_and_is_read_by_evaluate():
 
 def test_evaluate_stage_writes_normalised_rows_beside_the_raw_ones(tmp_path):
     cache = write_synthetic_cache(tmp_path / "cache")
-    overrides = ["stages=[preprocess, autoencoder, teacher, evaluate]", "vgae.hidden=8", "vgae.heads=2", "vgae.latent_dim=8",
-                 "vgae.id_embed_dim=8", "train.epochs=1", "evaluate.score_normalisation=warmup",
+    overrides = ["stages=[preprocess, autoencoder, teacher, evaluate]", "vgae.hidden=8", "vgae.heads=2",
+                 "vgae.latent_dim=8", "vgae.id_embed_dim=8", "train.epochs=1", "evaluate.score_normalisation=warmup",
                  "evaluate.warmup_windows=10"]
     run = run_with_cache(tmp_path, tiny_profile(overrides), cache)
     run_stage(run.path, "autoencoder")

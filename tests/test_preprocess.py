@@ -112,8 +112,8 @@ def test_preprocess_sample(tmp_path, read_calls):
     assert manifest["key"] == record["result_key"]
     assert manifest["scenarios"] == SCENARIOS
     assert manifest["params"] == {"layout": "auto", "window": 100, "stride": 100, "val_fraction": 0.2,
-                                  "limit_rows": None, "bad_rows": "error", "columns": {}, "val_files": None, "id_agnostic": False,
-                                  "feature_version": 2,
+                                  "limit_rows": None, "bad_rows": "error", "columns": {}, "val_files": None,
+                                  "id_agnostic": False, "feature_version": 2,
                                   "reader_version": 2}
     assert manifest["node_features"][0] == "count" and len(manifest["edge_features"]) == 3
     assert manifest["vocab"] == sorted(manifest["vocab"]) and manifest["bad_rows_total"] == 0

@@ -223,6 +223,14 @@ def test_val_files_hold_out_whole_train_files(tmp_path):
     assert int(train.t["node_id"].min()) >= 1 and int(val.t["node_id"].eq(0).sum()) > 0
 
 
+def test_val_files_without_attacks_warn_naming_that_key(tmp_path):
+    profile = load_profile("local", [f"data.cache_dir={tmp_path / 'cache'}", "data.val_files=*attack-free-sonata*"])
+    run = RunDir.create(profile, root=tmp_path / "runs", run_id="r1")
+    run_stage(run.path, "preprocess")
+    (warning,) = stage_warnings(run.path / "preprocess")
+    assert warning["profile_key"] == "data.val_files" and "hold out a train file with attacks" in warning["message"]
+
+
 @pytest.mark.parametrize("pattern, which", [("*spark*", "no"), ("train_*", "every")])
 def test_val_files_must_leave_something_on_each_side(tmp_path, pattern, which):
     profile = load_profile("local", [f"data.cache_dir={tmp_path / 'cache'}", f"data.val_files={pattern}"])

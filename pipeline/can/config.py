@@ -62,7 +62,7 @@ class CanDataConfig(DataConfig):
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     """Column names (timestamp, id, payload, label) of header CSV / Parquet files beyond the recognised ones."""
     val_files: str | None = None
-    """A glob over train files' paths in the dataset (``*sonata*``): the files it matches are
+    """A glob over train files' paths in the dataset (``"*sonata*"``, quoted in YAML): the files it matches are
     validation whole and never trained on; the others are trained on whole. None: a block of each
     train file is validation (``val_fraction``)."""
     id_agnostic: bool = False
@@ -184,7 +184,8 @@ class EvaluateConfig(Section):
     """What the evaluate stage scores besides the models as trained."""
 
     score_normalisation: Literal["none", "median_mad", "warmup"] = "none"
-    """Also score every anomaly detector with its scores standardised per capture (``pipeline.can.normalise``):
+    """Also score every model (a classifier on its logit margin, a detector on its error) with its scores
+    standardised per capture (``pipeline.can.normalise``):
     median_mad against the capture's own median and MAD, warmup against those of its first
     ``warmup_windows`` windows (taken as benign). Reads no label, but is transductive; none adds no rows."""
     warmup_windows: int = Field(50, ge=2)

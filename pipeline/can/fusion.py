@@ -35,13 +35,14 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from pipeline import io
 from pipeline.can.config import FusionConfig
 from pipeline.can.detector import choose_threshold
-from pipeline.can.metrics import anomaly_scores, attack_logit, probability_of_attack
+from pipeline.can.metrics import anomaly_scores, probability_of_attack
 from pipeline.can.scores import (
     CLASSIFIER,
     DETECTOR,
     detectors_to_score,
     models_to_score,
 )
+from pipeline.errors import InputError
 from pipeline.train import load_model, predict
 
 FUSION_STAGES = ("teacher", "autoencoder", "student")
@@ -95,7 +96,8 @@ def feature_matrix(kinds: dict[str, str], columns: dict[str, np.ndarray]) -> np.
     for name, kind in kinds.items():
         score = np.asarray(columns[name], dtype=np.float64).reshape(-1)
         if kind == CLASSIFIER:
-            out.append(attack_logit(score, PROBABILITY_CLIP))
+            p = np.clip(score, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+            out.append(np.log(p) - np.log1p(-p))
         else:
             out.append(np.log(np.maximum(score, ERROR_FLOOR)))
     return np.stack(out, axis=1)
@@ -133,6 +135,9 @@ class FusionModel:
     @classmethod
     def load(cls, path: Path) -> "FusionModel":
         fields = io.read_json(path)
+        if isinstance(fields["inputs"], dict):
+            raise InputError(f"{path}: a fusion model saved with its inputs as a JSON object, whose key order "
+                             "cannot be trusted to match its coefficients; run the fusion stage again")
         return cls(**{**fields, "inputs": {name: kind for name, kind in fields["inputs"]}})
 
 

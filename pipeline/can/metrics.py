@@ -57,13 +57,6 @@ def probability_of_attack(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)[:, 1]
 
 
-def attack_logit(probability: np.ndarray, clip: float = 1e-6) -> np.ndarray:
-    """log(p / (1 - p)) of a probability of attack, clipped to [clip, 1 - clip] first: a monotone
-    stretch of the scale near 0 and 1, where a classifier's windows pile up, that keeps it finite."""
-    p = np.clip(np.asarray(probability, dtype=np.float64), clip, 1 - clip)
-    return np.log(p) - np.log1p(-p)
-
-
 def auroc(y: torch.Tensor, scores: torch.Tensor) -> float:
     """Area under the ROC curve with attack = positive; NaN when a class is missing."""
     t = _array(y)

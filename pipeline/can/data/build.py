@@ -107,13 +107,16 @@ def summary(cache_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             "labels": {name: s["labels"] for name, s in manifest["splits"].items()}}
 
 
-def warn_if_validation_has_no_attacks(labels: dict[str, dict[str, int]], stage_dir: Path, log: logging.Logger) -> None:
+def warn_if_validation_has_no_attacks(labels: dict[str, dict[str, int]], stage_dir: Path, log: logging.Logger,
+                                      val_files: str | None = None) -> None:
     """A validation split without attack windows cannot select a classifier's epochs (its F1 is 0
     whatever the model does): say so in the log and in ``make status``, with the key to change."""
     val, train = labels["val"], labels["train"]
     if val["1"] > 0:
         return
-    if train["1"] > 0:
+    if val_files is not None:
+        key, fix = "data.val_files", f"make data.val_files (now {val_files!r}) hold out a train file with attacks"
+    elif train["1"] > 0:
         key, fix = "data.val_fraction", "raise data.val_fraction"
     else:
         key, fix = "data.train_glob", "add train files with attacks (data.train_glob), then check data.val_fraction"

@@ -20,12 +20,13 @@ Node features in this mode (``CAPTURE_NODE_FEATURES``; window values as in ``win
     last_pos         position of the id's last message / W
     ===============  ==========================================================================
 
-The capture statistics read no label, but they read the whole capture, attacks included: the mode
-is transductive in the way per-capture score normalisation is, and the report says so.
+The capture statistics read no label, but they read the whole capture, attacks included (for a train
+file, its validation block as well as its train rows): the mode is transductive in the way
+per-capture score normalisation is, and the report says so.
 
-Every statistic comes from exact integer sums (``np.bincount`` of uint8 values and their squares
-stays exact in float64) and elementwise float64 operations rounded to float32 once, so the cache is
-the same bits on every CPU.
+Every statistic comes from integer sums (``np.bincount`` of uint8 values and their squares is exact
+in float64 up to 2**53) and elementwise float64 operations rounded to float32 once, never from a
+BLAS call or an order-dependent float sum, so chunking and thread count cannot change the cache.
 """
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def capture_stats(log: CanLog) -> CaptureStats:
     """Statistics of every CAN id over the whole of ``log``, all ids at once."""
     ids, inverse, counts = np.unique(log.can_id, return_inverse=True, return_counts=True)
     k, count = ids.shape[0], counts.astype(np.float64)
-    # Sums of uint8 values (and of their squares) in float64 are exact integers for any real capture
-    # (below 2**53), whatever order bincount adds them in.
+    # Sums of uint8 values (and of their squares) in float64 are exact integers below 2**53 (any real
+    # capture), so the order bincount adds them in does not matter.
     payload = log.payload.astype(np.float64)
     sums = np.stack([np.bincount(inverse, payload[:, j], k) for j in range(payload.shape[1])], axis=1)
     sqsums = np.stack([np.bincount(inverse, payload[:, j] ** 2, k) for j in range(payload.shape[1])], axis=1)

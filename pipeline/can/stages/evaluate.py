@@ -25,11 +25,11 @@ detector; accuracy and the false-positive count still describe it. Any other und
 AUROC of a split without normal windows) is null too.
 
 With ``evaluate.score_normalisation`` on (``median_mad`` or ``warmup``), every model is scored a second
-time, as ``<model>+norm`` (a classifier on its logit of attack, a detector on its error, each under its
+time, as ``<model>+norm`` (a classifier on its logit margin, a detector on its error, each under its
 own table), on its scores standardised per capture (a window's source file, recorded in
 the cache; ``pipeline.can.normalise``) against that capture's own scores or its first windows; val is
 normalised against itself and the threshold is chosen again on it, as the autoencoder stage chooses it.
-The normalisation reads no label but is transductive; its rows sit under the detector's own, and the
+The normalisation reads no label but is transductive; its rows sit under the model's own, and the
 note in ``metrics.md`` says so. They get no ``scores/`` file.
 """
 from __future__ import annotations
@@ -51,7 +51,6 @@ from pipeline.can.fusion import FusionModel
 from pipeline.can.metrics import (
     UNDEFINED_WITHOUT_ATTACKS,
     anomaly_scores,
-    attack_logit,
     probability_of_attack,
     split_metrics,
 )
@@ -71,7 +70,7 @@ from pipeline.train import load_model, predict
 COST_COLUMNS = ("params", "cpu_ms_per_1k")
 NO_ATTACKS = "no attack windows: F1 undefined"
 NORMALISED = "+norm"
-"""Suffix of a detector's rows on its per-capture normalised scores."""
+"""Suffix of a model's rows on its per-capture normalised scores."""
 
 
 def run(ctx) -> dict[str, Any]:
@@ -104,9 +103,9 @@ def run(ctx) -> dict[str, Any]:
     for name, checkpoint in models_to_score(ctx.upstream).items():
         model = load_model(checkpoint, ctx.device)
         cost = model_cost(checkpoint, splits["val"], batch_size, _classify)
-        scored = {}
+        scored, margins = {}, {}
         for split_name, split in splits.items():
-            metrics, scored[split_name] = evaluate_model(model, loader(split))
+            metrics, scored[split_name], margins[split_name] = evaluate_model(model, loader(split))
             row = {"model": name, "split": split_name, **metrics, **cost}
             ctx.log.info("%s on %s: %d graphs, %d attacks, AUROC %s, f1 %s, trivial f1 %s, balanced accuracy %s",
                          name, split_name, row["graphs"], row["attacks"], _score_text(row, "auroc"),
@@ -115,7 +114,7 @@ def run(ctx) -> dict[str, Any]:
             rows.append(row)
         write_scores(ctx.dir, ModelScores(name, CLASSIFIER, 0.5, scored))
         all_scored[name] = scored
-        normalised_classifier_rows += normalised(name, {s: (attack_logit(p), y) for s, (p, y) in scored.items()}, cost)
+        normalised_classifier_rows += normalised(name, margins, cost)
     rows += normalised_classifier_rows
     detector_rows = []
     for name, detector in detectors_to_score(ctx.upstream).items():
@@ -154,15 +153,20 @@ Scored = tuple[np.ndarray, np.ndarray]
 """(per-window score, label) of one split."""
 
 
-def evaluate_model(model: nn.Module, loader: Iterable) -> tuple[dict[str, Any], Scored]:
+def evaluate_model(model: nn.Module, loader: Iterable) -> tuple[dict[str, Any], Scored, Scored]:
     """Scores of ``model`` on every graph of ``loader``'s split (ranking scores from its probability
-    of attack, the rest at its argmax), plus its size and attack count; and each window's
-    probability of attack with its label."""
+    of attack, the rest at its argmax), plus its size and attack count; each window's probability
+    of attack with its label; and each window's logit margin (attack - normal, float64) with its label.
+
+    The margin is the log-odds of attack without the saturation of a float32 probability, whose
+    logit stops at about +-17 and would put most windows of a confident model on one value: what
+    per-capture normalisation needs to tell them apart."""
     logits, y = predict(model, loader)
     attack = probability_of_attack(logits)
     row = undefined_without_attacks({"graphs": int(y.numel()), "attacks": int(y.sum()),
                                      **split_metrics(y, attack, logits.argmax(-1))})
-    return row, (attack.numpy(), y.numpy())
+    wide = logits.double()
+    return row, (attack.numpy(), y.numpy()), ((wide[:, 1] - wide[:, 0]).numpy(), y.numpy())
 
 
 def evaluate_detector(model: nn.Module, loader: Iterable, threshold: float) -> tuple[dict[str, Any], Scored]:
@@ -196,7 +200,7 @@ def normalise_split_scores(scored: dict[str, Scored], windows: dict[str, Windows
 
 def normalised_rows(name: str, scored: dict[str, Scored], windows: dict[str, Windows], method: str,
                     warmup: int) -> list[dict[str, Any]]:
-    """Rows of detector ``name`` on its per-capture normalised scores (``<name>+norm``), at the
+    """Rows of model ``name`` on its per-capture normalised scores (``<name>+norm``), at the
     threshold chosen on normalised val as the autoencoder stage chooses it on raw val."""
     normed = normalise_split_scores(scored, windows, method, warmup)
     val_scores, val_y = normed["val"]

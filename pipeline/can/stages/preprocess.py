@@ -14,7 +14,7 @@ def run(ctx) -> dict[str, Any]:
     """Stage entry: build the cache unless one with the same key exists; return where it is."""
     clear_warnings(ctx.dir)
     result = preprocess(ctx.profile, ctx.log)
-    warn_if_validation_has_no_attacks(result["labels"], ctx.dir, ctx.log)
+    warn_if_validation_has_no_attacks(result["labels"], ctx.dir, ctx.log, ctx.profile.data.val_files)
     return result
 
 
