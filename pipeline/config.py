@@ -5,11 +5,11 @@ A profile's ``task`` picks its workload (``pipeline.stages``), and the workload 
 sections here (devices, resources, ``train``, ``dry_run``, the shared keys of ``data`` and
 ``distill``) plus its own (``pipeline.can.config``, ``pipeline.kg.config``). Defaults are layered
 as ``profiles/defaults/common.yaml``, then ``profiles/defaults/<task>.yaml``, then the profile.
-Every error names the file (or override) that set the offending key, the dotted key, and the fix.
+Every error names the file (or override) that set the offending key, the dotted key, and the fix
+(``pipeline.profile_layers`` reads, merges and explains the layers).
 """
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from pipeline.errors import InputError
+from pipeline.profile_layers import ProfileError, explain, merge_layer, parse_override, read_yaml
 from pipeline.stages import WORKLOADS, resolve, workload
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -25,10 +25,6 @@ PROFILES_DIR = PROJECT_ROOT / "profiles"
 DEFAULTS_DIR = PROFILES_DIR / "defaults"
 DATA_ROOT_ENV = "PIPELINE_DATA_ROOT"
 DEFAULT_TASK = "can"
-
-
-class ProfileError(InputError):
-    """A profile that cannot be used; the message names the source file and key."""
 
 
 class Section(BaseModel):
@@ -264,18 +260,18 @@ def load_profile(
     """Merge the defaults of the profile's task, the profile, $PIPELINE_DATA_ROOT and ``key=value``
     overrides; validate against the task's schema."""
     path = profile_file(name_or_path)
-    own: list[tuple[str, dict]] = [(_display(path), _read_yaml(path))]
+    own: list[tuple[str, dict]] = [(_display(path), read_yaml(path, _display(path)))]
     env_root = os.environ.get(DATA_ROOT_ENV)
     if env_root:
         own.append((f"${DATA_ROOT_ENV}", {"data_root": env_root}))
     own += [(f"-O {item}", parse_override(item)) for item in overrides]
     task = _task_of(own)
-    layers = [(_display(f), _read_yaml(f)) for f in default_files(task)] if with_defaults else []
+    layers = [(_display(f), read_yaml(f, _display(f))) for f in default_files(task)] if with_defaults else []
 
     merged: dict[str, Any] = {}
     sources: dict[tuple, str] = {}
     for source, layer in layers + own:
-        _deep_merge(merged, layer, sources, source, ())
+        merge_layer(merged, layer, sources, source)
     merged.setdefault("name", path.stem)
     # Relative data roots are relative to the project, so jobs started elsewhere find the same data.
     if "data_root" in merged and isinstance(merged["data_root"], str):
@@ -285,7 +281,7 @@ def load_profile(
     try:
         profile = schema.model_validate(merged)
     except ValidationError as exc:
-        raise ProfileError(_explain(exc, sources, _display(path), schema)) from None
+        raise ProfileError(explain(exc, sources, _display(path), schema)) from None
     if check_paths and not profile.dataset_path.is_dir():
         src = sources.get(("data", "dataset"), _display(path))
         raise ProfileError(
@@ -311,106 +307,8 @@ def _task_of(layers: list[tuple[str, dict]]) -> str:
     return task
 
 
-def parse_override(item: str) -> dict:
-    """``train.epochs=3`` -> {"train": {"epochs": 3}}; values are parsed as YAML scalars."""
-    if "=" not in item:
-        raise ProfileError(f"-O {item}: expected key=value, e.g. -O train.epochs=3")
-    key, raw = item.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
-        raise ProfileError(f"-O {item}: empty key")
-    value = _override_value(raw)
-    out: dict = {}
-    node = out
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
-
-
-def _override_value(raw: str) -> Any:
-    """The value of ``-O key=raw`` read as YAML (numbers, booleans, lists); text that is not valid YAML,
-    such as the glob ``*sonata*`` (an alias to YAML), is taken as the plain string it was typed as."""
-    if raw == "":
-        return None
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
 def dump_profile(profile: Profile) -> str:
     return yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{_display(path)}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ProfileError(f"{_display(path)}: expected a mapping of keys at top level, got {type(data).__name__}")
-    return data
-
-
-def _deep_merge(into: dict, layer: dict, sources: dict, source: str, prefix: tuple) -> None:
-    for key, value in layer.items():
-        loc = prefix + (key,)
-        # resources.<stage>.extra and similar free-form mappings merge too; lists replace.
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value, sources, source, loc)
-        else:
-            into[key] = copy.deepcopy(value)
-            _mark(sources, loc, value, source)
-
-
-def _mark(sources: dict, loc: tuple, value: Any, source: str) -> None:
-    sources[loc] = source
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _mark(sources, loc + (k,), v, source)
-
-
-def _explain(exc: ValidationError, sources: dict, default_source: str, schema: type[Profile]) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"])
-        source = default_source
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in sources:
-                source = sources[loc[:n]]
-                break
-        key = ".".join(loc) or "<profile>"
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(schema, loc[:-1])
-            valid = sorted(parent.model_fields) if parent else []
-            msg = f"unknown key {loc[-1]!r}" + (f"; valid keys here: {valid}" if valid else "")
-        else:
-            got = err.get("input")
-            text = err["msg"].removeprefix("Value error, ")
-            msg = f"{text} (got {got!r})" if not isinstance(got, (dict, list)) and "got" not in text else text
-        lines.append(f"{source}: {key}: {msg}")
-    return "invalid profile:\n  " + "\n  ".join(lines)
-
-
-def _model_at(schema: type[Profile], loc: tuple) -> type[BaseModel] | None:
-    """The model of ``schema`` that owns the mapping at ``loc`` (to list its valid keys)."""
-    model: type[BaseModel] = schema
-    i = 0
-    while i < len(loc):
-        if model is schema and loc[i] == "resources":
-            if i + 1 >= len(loc):
-                return None
-            model, i = Resources, i + 2
-            continue
-        field = model.model_fields.get(loc[i])
-        ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model, i = ann, i + 1
-    return model
 
 
 def _display(path: Path) -> str:

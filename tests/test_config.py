@@ -134,3 +134,8 @@ def test_fingerprint_ignores_resources(tmp_path):
     for stage in a.stages:
         assert stage_fingerprint(a, stage, {}) == stage_fingerprint(b, stage, {})
     assert stage_fingerprint(a, "teacher", {}) != stage_fingerprint(c, "teacher", {})
+
+
+def test_unknown_key_under_a_named_mapping_lists_the_valid_keys():
+    with pytest.raises(ProfileError, match=r"resources\.teacher\.bogus: unknown key 'bogus'; valid keys here: .*'gpus'"):
+        load_profile("local", ["resources.teacher.bogus=1"], check_paths=False)
