@@ -144,7 +144,7 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
     gathered = _Gathered(sources, window, params["stride"], data.val_fraction, data.id_agnostic,
                          held_out_files(sources, data.val_files), log)
     vocab: np.ndarray | None = None
-    width = len(node_feature_names(data.id_agnostic))
+    node_features = node_feature_names(data.id_agnostic)
 
     with ThreadPoolExecutor(LOADERS, thread_name_prefix="preprocess-read") as reader, \
             ThreadPoolExecutor(WRITERS, thread_name_prefix="preprocess-write") as writer:
@@ -153,7 +153,7 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
                 parts = gathered.take(name)
                 if name == "train" and sum(len(p["y"]) for _, p in parts) == 0:
                     raise ValueError(f"no train windows: every train file is shorter than one window of {window} rows")
-                splits[name] = writer.submit(_write_split, name, parts, vocab, window, width, out, log)
+                splits[name] = writer.submit(_write_split, name, parts, vocab, window, len(node_features), out, log)
 
         def load(index: int) -> RawCanLog:
             return load_can_log(sources[index].path, data.layout, data.limit_rows, data.bad_rows,
@@ -183,8 +183,7 @@ def build_cache(sources: list[SourceFile], data: CanDataConfig, params: dict[str
         finish(tuple(name for name in scenarios if name not in splits))
         written = {name: splits[name].result() for name in ("train", "val", *scenarios)}
     return {"key": key, "params": params, "sources": gathered.entries, "vocab": [int(v) for v in vocab],
-            "node_features": list(node_feature_names(data.id_agnostic)), "edge_features": list(EDGE_FEATURES),
-            "splits": written,
+            "node_features": list(node_features), "edge_features": list(EDGE_FEATURES), "splits": written,
             "split_version": SPLIT_VERSION, "scenarios": scenarios,
             "bad_rows_total": int(sum(e["bad_rows"] for e in gathered.entries))}
 
@@ -206,13 +205,13 @@ class _Gathered:
         """Window one parsed file into its split(s) and record it in the manifest."""
         src, entry = self.sources[index], self.entries[index]
         entry.update(rows=len(can), bad_rows=can.bad_rows, padded_rows=can.padded_rows)
+        stats = capture_stats(can) if self.id_agnostic else None
         if src.role == "train":
             block = (held_out_validation(len(can), src.rel in self.held_out) if self.held_out
                      else choose_validation(can.label, self.window, self.stride, self.val_fraction))
             train, val = window_train_file(can, self.window, self.stride, block, index)
             if not self.id_agnostic:
                 self.vocab_ids.extend(np.unique(can.can_id[rows]) for rows in block.train)
-            stats = capture_stats(can) if self.id_agnostic else None
             self.parts.setdefault("train", []).append((index, self._node_view(train, stats)))
             self.parts.setdefault("val", []).append((index, self._node_view(val, stats)))
             entry["validation"] = validation_record(block, train, val)
@@ -220,7 +219,6 @@ class _Gathered:
                           describe_validation(entry["validation"]))
         else:
             graphs = build_graphs_raw(can, self.window, self.stride, source=index)
-            stats = capture_stats(can) if self.id_agnostic else None
             self.parts.setdefault(src.scenario, []).append((index, self._node_view(graphs, stats)))
             self.log.info("%s: %d rows (%d bad), %d windows [%s]", src.rel, len(can), can.bad_rows,
                           len(graphs["y"]), src.scenario)
